@@ -1,0 +1,483 @@
+"""Checkpoints: our on-disk format, reading it, and converting others into it.
+
+Our format is a directory with `config.json` (the model config plus
+`model_type`), `model.safetensors` (Paddle layout: Linear weights [in, out])
+and the tokenizer files. Conversion reads Hugging Face and PaddleNLP CodeGen
+directories and THUDM's CodeGeeX `.pt` files, one tensor at a time, so peak
+memory stays near one copy of the weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from .torch_pickle import LazyTensor, load_torch_file
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+# written into config.json: Hugging Face configs also say model_type "codegen"
+FORMAT = "codegen-paddle/1"
+
+
+def codegen_home() -> Path:
+    return Path(os.environ.get("CODEGEN_HOME", Path.home() / ".cache" / "codegen"))
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
+    """A checkpoint directory from a path or a public name under $CODEGEN_HOME.
+
+    Never downloads: a missing name says where we looked and how to convert a download.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    home_path = codegen_home() / str(name_or_path)
+    if home_path.is_dir():
+        return home_path
+    raise FileNotFoundError(
+        f"no model '{name_or_path}': looked for the directory {path.resolve()} and {home_path}. "
+        f"To use a public checkpoint, download it on a machine with internet "
+        f"(e.g. `huggingface-cli download {name_or_path} --local-dir DOWNLOAD`), then run "
+        f"`codegen convert DOWNLOAD {home_path}` (set CODEGEN_HOME to store models elsewhere).")
+
+
+# ---- safetensors, written one tensor at a time ---------------------------------
+
+_ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int8): "I8",
+              np.dtype(np.int32): "I32", np.dtype(np.int64): "I64", np.dtype(np.uint8): "U8"}
+
+
+def write_safetensors(path: Path, tensors: Iterable[tuple[str, tuple, np.dtype, Callable[[], np.ndarray]]]):
+    """Write (name, shape, dtype, load) entries, calling each `load` only when its bytes are due.
+
+    The header needs every shape and offset up front, which the entries give without
+    their data; the data then streams, so peak memory is one tensor. The file appears
+    under its final name only when complete.
+    """
+    entries = list(tensors)
+    header, offset = {}, 0
+    for name, shape, dtype, _ in entries:
+        dtype = np.dtype(dtype)
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    tmp = Path(str(path) + ".partial")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for name, shape, dtype, load in entries:
+            array = np.ascontiguousarray(load(), dtype=np.dtype(dtype))
+            if tuple(array.shape) != tuple(shape):
+                raise ValueError(f"tensor {name}: shape {array.shape}, header says {tuple(shape)}")
+            f.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+    os.replace(tmp, path)
+
+
+# ---- loading our format ---------------------------------------------------------
+
+def read_config(model_dir: Path) -> dict:
+    config_path = model_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: {model_dir} is not a converted codegen checkpoint "
+                                f"(run `codegen convert SRC {model_dir}` first)")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_path}: invalid JSON ({e})") from e
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{config_path} is not in codegen's format (convert it with `codegen convert {model_dir} DST`)")
+    if config.get("model_type") not in ("codegen", "codegeex"):
+        raise ValueError(f"{config_path}: model_type must be 'codegen' or 'codegeex', got {config.get('model_type')!r}")
+    return config
+
+
+def build_model(config: dict):
+    """An uninitialised-weights model of the config's architecture."""
+    from .models import MODEL_TYPES
+    config_cls, model_cls = MODEL_TYPES[config["model_type"]]
+    return model_cls(config_cls.from_dict(config))
+
+
+def load_model(name_or_path, dtype: str = "float32"):
+    """Load a converted checkpoint; weights are copied into the model one tensor at a time."""
+    import paddle
+    from safetensors import safe_open
+
+    model_dir = resolve_model_dir(name_or_path)
+    config = read_config(model_dir)
+    weights = model_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found: the checkpoint in {model_dir} is incomplete")
+    with paddle.LazyGuard():
+        model = build_model(config)
+    expected = model.state_dict()
+    try:
+        reader = safe_open(str(weights), framework="np")
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise ValueError(f"{weights}: corrupt safetensors file ({e})") from e
+    with reader:
+        names = set(reader.keys())
+        missing = sorted(set(expected) - names)
+        unexpected = sorted(names - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"{weights} does not match {config['model_type']} config in {model_dir / CONFIG_FILE}: "
+                             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        for name, param in expected.items():
+            array = reader.get_tensor(name)
+            if list(array.shape) != list(param.shape):
+                raise ValueError(f"{weights}: {name} has shape {list(array.shape)}, "
+                                 f"the config expects {list(param.shape)}")
+            param.initialize()
+            param.set_value(array.astype("float32"))
+    if dtype != "float32":
+        model.to(dtype=dtype)
+    model.eval()
+    return model
+
+
+def save_model(model, model_dir, tokenizer=None) -> Path:
+    """Write a model (and tokenizer) in our format."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    write_safetensors(model_dir / WEIGHTS_FILE,
+                      [(name, tuple(t.shape), _numpy_dtype(t), (lambda t=t: t.numpy())) for name, t in state.items()])
+    _write_config(model_dir, model.config.to_dict())
+    if tokenizer is not None:
+        tokenizer.save(model_dir)
+    return model_dir
+
+
+def _write_config(model_dir: Path, config: dict):
+    (model_dir / CONFIG_FILE).write_text(json.dumps({**config, "format": FORMAT}, indent=1) + "\n")
+
+
+def _numpy_dtype(tensor) -> np.dtype:
+    return np.dtype(str(tensor.dtype).replace("paddle.", ""))
+
+
+# ---- converting other formats ---------------------------------------------------
+
+def detect_format(src: Path) -> str:
+    if src.is_file() and src.suffix == ".pt":
+        return "codegeex"
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: no such checkpoint file or directory")
+    if (src / CONFIG_FILE).is_file() and json.loads((src / CONFIG_FILE).read_text()).get("format") == FORMAT:
+        return "ours"
+    if (src / "model_state.pdparams").is_file():
+        return "paddlenlp"
+    if any(src.glob("*.safetensors")) or any(src.glob("pytorch_model*.bin")):
+        return "huggingface"
+    if any(src.glob("mp_rank_*_model_states.pt")) or any(src.glob("*.pt")):
+        return "codegeex"
+    raise ValueError(f"{src}: not a recognised checkpoint (expected Hugging Face config.json + model.safetensors "
+                     f"or pytorch_model.bin, PaddleNLP model_state.pdparams, or CodeGeeX .pt files)")
+
+
+def convert(src, dst, config_path=None) -> Path:
+    """Convert a checkpoint at `src` into our format at `dst`; returns `dst`."""
+    src, dst = Path(src), Path(dst)
+    kind = detect_format(src)
+    if kind == "huggingface":
+        config, tensors = _huggingface_codegen(src)
+    elif kind == "paddlenlp":
+        config, tensors = _paddlenlp_codegen(src)
+    elif kind == "codegeex":
+        config, tensors = _codegeex(src, config_path)
+    else:
+        raise ValueError(f"{src} is already in codegen's format")
+    _write_converted(config, tensors, src if src.is_dir() else src.parent, dst)
+    return dst
+
+
+def _write_converted(config: dict, tensors: list, src_dir: Path, dst: Path):
+    from .tokenizer import load_tokenizer
+    model = build_model_shapes(config)
+    expected = {name: tuple(shape) for name, shape in model.items()}
+    got = {name: tuple(shape) for name, shape, _, _ in tensors}
+    if set(expected) != set(got):
+        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+        raise ValueError(f"checkpoint does not match a {config['model_type']} model: "
+                         f"missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, shape in expected.items():
+        if got[name] != shape:
+            raise ValueError(f"checkpoint tensor {name} has shape {list(got[name])}, "
+                             f"the config implies {list(shape)}")
+    dst.mkdir(parents=True, exist_ok=True)
+    write_safetensors(dst / WEIGHTS_FILE, tensors)
+    _write_config(dst, config)
+    has_own_tokenizer = (src_dir / "tokenizer_config.json").is_file() and \
+        "family" in json.loads((src_dir / "tokenizer_config.json").read_text())
+    load_tokenizer(src_dir if has_own_tokenizer else config["model_type"]).save(dst)
+
+
+def build_model_shapes(config: dict) -> dict:
+    """Parameter name -> shape for a config, without allocating weights."""
+    import paddle
+    with paddle.LazyGuard():
+        model = build_model(config)
+    return {name: p.shape for name, p in model.state_dict().items()}
+
+
+def _codegen_config_from(raw: dict, where: Path) -> dict:
+    from .models.codegen import CodeGenConfig
+    if "init_args" in raw:  # PaddleNLP < 2.5 wrapped the config in its constructor arguments
+        raw = next(a for a in raw["init_args"] if isinstance(a, dict))
+    missing = [k for k in ("n_embd", "n_layer", "n_head", "vocab_size") if k not in raw]
+    if missing:
+        raise ValueError(f"{where}: not a CodeGen config (missing {', '.join(missing)})")
+    config = CodeGenConfig.from_dict(raw).to_dict()
+    config["model_type"] = "codegen"
+    return config
+
+
+_HF_IGNORED = ("attn.causal_mask", "attn.masked_bias", "attn.bias")
+
+
+def _huggingface_codegen(src: Path):
+    config = _codegen_config_from(json.loads((src / CONFIG_FILE).read_text()), src / CONFIG_FILE)
+    tensors = []
+    for name, shape, dtype, load in _hf_tensors(src):
+        if name.endswith(_HF_IGNORED):
+            continue
+        if len(shape) == 2 and not name.endswith("wte.weight"):
+            # torch Linear is [out, in]; Paddle's is [in, out]
+            tensors.append((name, shape[::-1], dtype, (lambda load=load: load().T)))
+        else:
+            tensors.append((name, shape, dtype, load))
+    return config, tensors
+
+
+def _hf_tensors(src: Path) -> Iterator[tuple]:
+    st_files = sorted(src.glob("*.safetensors"))
+    if st_files:
+        from safetensors import safe_open
+        for path in st_files:
+            with safe_open(str(path), framework="np") as f:
+                for name in f.keys():
+                    sl = f.get_slice(name)
+                    dtype = {"F32": np.float32, "F16": np.float16}.get(sl.get_dtype())
+                    if dtype is None:
+                        raise ValueError(f"{path}: tensor {name} is {sl.get_dtype()}; only F32 and F16 "
+                                         f"safetensors are supported (re-save in float16 or float32)")
+                    yield name, tuple(sl.get_shape()), dtype, (lambda p=path, n=name: _read_st(p, n))
+        return
+    for path in sorted(src.glob("pytorch_model*.bin")):
+        state = load_torch_file(path)
+        if not isinstance(state, dict):
+            raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+        for name, t in state.items():
+            if not isinstance(t, LazyTensor):
+                continue
+            dtype = np.float32 if t.dtype == "bfloat16" else np.dtype(t.dtype)
+            yield name, t.shape, dtype, t.numpy
+
+
+def _read_st(path: Path, name: str) -> np.ndarray:
+    from safetensors import safe_open
+    with safe_open(str(path), framework="np") as f:
+        return f.get_tensor(name)
+
+
+def _paddlenlp_codegen(src: Path):
+    import paddle
+    config_path = src / "model_config.json" if (src / "model_config.json").is_file() else src / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{src}: PaddleNLP checkpoint without model_config.json or config.json")
+    config = _codegen_config_from(json.loads(config_path.read_text()), config_path)
+    state = paddle.load(str(src / "model_state.pdparams"), return_numpy=True)
+    tensors = []
+    for name, array in state.items():
+        if name.endswith(_HF_IGNORED):
+            continue
+        tensors.append((name, tuple(array.shape), array.dtype, (lambda a=array: a)))
+    return config, tensors
+
+
+def _codegeex(src: Path, config_path):
+    """THUDM's CodeGeeX `.pt`: one file, or `mp_rank_XX_model_states.pt` shards in a directory."""
+    from .models.codegeex import CodeGeeXConfig
+    shards = [_codegeex_flat_state(path) for path in _codegeex_shard_files(src)]
+    pieces = _codegeex_pieces(shards, src)
+    config = CodeGeeXConfig(**_codegeex_hyperparameters(pieces, src, config_path)).to_dict()
+    tensors = [(name, piece.shape, piece.dtype, piece.load) for name, piece in pieces.items()]
+    return config, tensors
+
+
+_CODEGEEX_CONFIG_KEYS = ("hidden_size", "num_layers", "num_attention_heads", "padded_vocab_size",
+                         "max_position_embeddings")
+
+
+def _codegeex_shard_files(src: Path) -> list[Path]:
+    if src.is_file():
+        return [src]
+    shards = sorted(src.glob("mp_rank_*_model_states.pt"))
+    if shards:
+        expected = [src / f"mp_rank_{rank:02d}_model_states.pt" for rank in range(len(shards))]
+        if shards != expected:
+            missing = sorted(set(expected) - set(shards))
+            raise ValueError(f"{src}: model-parallel shards must be mp_rank_00 .. mp_rank_{len(shards) - 1:02d}; "
+                             f"missing {', '.join(p.name for p in missing) or 'a rank'}, found "
+                             f"{', '.join(p.name for p in shards)}")
+        return shards
+    files = sorted(src.glob("*.pt"))
+    if len(files) != 1:
+        raise ValueError(f"{src}: expected one CodeGeeX .pt file or mp_rank_XX_model_states.pt shards, "
+                         f"found {', '.join(p.name for p in files) or 'none'}")
+    return files
+
+
+def _codegeex_flat_state(path: Path) -> dict:
+    """`module -> language_model -> ...` flattened to dotted names of LazyTensors."""
+    obj = load_torch_file(path)
+    model = obj.get("module", obj) if isinstance(obj, dict) else None
+    language_model = model.get("language_model") if isinstance(model, dict) else None
+    if not isinstance(language_model, dict):
+        found = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{path}: not a CodeGeeX checkpoint (expected module -> language_model -> "
+                         f"embedding / topQueryEmbedding / transformer, found {found})")
+    flat = {}
+
+    def walk(node: dict, prefix: str):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            elif isinstance(value, LazyTensor):
+                flat[prefix + key] = value
+
+    walk(language_model, "")
+    return flat
+
+
+class _CodeGeeXPiece:
+    """One of our tensors, assembled from the shards' tensors when `load` is called.
+
+    `axis` is where model parallelism split it (None: every shard holds a copy);
+    `part` picks (index, count) out of a fused projection, which each shard fuses
+    over its own heads; `transpose` turns torch's [out, in] into Paddle's [in, out].
+    """
+
+    def __init__(self, name: str, tensors: list, axis, part=None, transpose=False):
+        shapes = {t.shape for t in tensors}
+        if len(shapes) != 1:
+            raise ValueError(f"CodeGeeX tensor {name} has different shapes in the shards: {sorted(shapes)}")
+        self.tensors = tensors if axis is not None else tensors[:1]
+        self.axis, self.part, self.transpose = axis, part, transpose
+        shape = list(tensors[0].shape)
+        if part is not None:
+            if shape[0] % part[1]:
+                raise ValueError(f"CodeGeeX tensor {name}: {shape[0]} rows do not split into {part[1]} "
+                                 f"fused projections")
+            shape[0] //= part[1]
+        if axis is not None:
+            shape[axis] *= len(tensors)
+        self.shape = tuple(shape[::-1] if transpose else shape)
+        dtype = tensors[0].dtype
+        self.dtype = np.dtype(np.float32 if dtype == "bfloat16" else dtype)
+
+    def load(self) -> np.ndarray:
+        arrays = []
+        for tensor in self.tensors:
+            array = tensor.numpy()
+            if self.part is not None:
+                index, count = self.part
+                array = np.split(array, count, axis=0)[index]
+            arrays.append(array)
+        array = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=self.axis)
+        return array.T if self.transpose else array
+
+
+_CODEGEEX_EMBEDDINGS = {
+    # THUDM name -> (our name, shard axis): word and top-query embeddings are vocab-parallel
+    "embedding.word_embeddings.weight": ("word_embeddings.weight", 0),
+    "embedding.position_embeddings.weight": ("position_embeddings.weight", None),
+    "topQueryEmbedding.top_query_embeddings.weight": ("top_query_embeddings.weight", 0),
+}
+_CODEGEEX_FUSED = {"query_key_value": ("query", "key", "value"), "key_value": ("key", "value")}
+
+
+def _codegeex_pieces(shards: list[dict], src: Path) -> dict:
+    names = list(shards[0])
+    for path_index, shard in enumerate(shards[1:], start=1):
+        if set(shard) != set(names):
+            diff = sorted(set(shard) ^ set(names))
+            raise ValueError(f"{src}: mp_rank_{path_index:02d} holds different tensors from mp_rank_00 "
+                             f"({', '.join(diff[:5])})")
+    pieces = {}
+    for name in names:
+        tensors = [shard[name] for shard in shards]
+        if name in _CODEGEEX_EMBEDDINGS:
+            ours, axis = _CODEGEEX_EMBEDDINGS[name]
+            pieces[ours] = _CodeGeeXPiece(name, tensors, axis)
+            continue
+        if not name.startswith("transformer."):
+            raise ValueError(f"{src}: unexpected tensor {name} in a CodeGeeX checkpoint")
+        ours = name[len("transformer."):].replace("topQueryLayer.", "top_query_layer.")
+        module, _, kind = ours.rpartition(".")       # kind: weight or bias
+        prefix, _, linear = module.rpartition(".")
+        is_linear = linear in ("query", "key", "value", "dense", "dense_h_to_4h", "dense_4h_to_h",
+                               *_CODEGEEX_FUSED)
+        if not is_linear:                             # LayerNorms: copies on every shard
+            pieces[ours] = _CodeGeeXPiece(name, tensors, None)
+            continue
+        # Megatron splits column-parallel Linears along their output and row-parallel
+        # ones (attention.dense, dense_4h_to_h) along their input, whose bias every shard copies
+        row_parallel = linear in ("dense", "dense_4h_to_h")
+        axis = (1 if kind == "weight" else None) if row_parallel else 0
+        transpose = kind == "weight"
+        if linear in _CODEGEEX_FUSED:
+            parts = _CODEGEEX_FUSED[linear]
+            for index, part in enumerate(parts):
+                pieces[f"{prefix}.{part}.{kind}"] = _CodeGeeXPiece(name, tensors, axis, (index, len(parts)), transpose)
+        else:
+            pieces[ours] = _CodeGeeXPiece(name, tensors, axis, transpose=transpose)
+    return pieces
+
+
+def _codegeex_hyperparameters(pieces: dict, src: Path, config_path) -> dict:
+    from .models.codegeex import CodeGeeXConfig
+    for name in ("word_embeddings.weight", "position_embeddings.weight"):
+        if name not in pieces:
+            raise ValueError(f"{src}: CodeGeeX checkpoint without {name}")
+    vocab, hidden = pieces["word_embeddings.weight"].shape
+    positions = pieces["position_embeddings.weight"].shape[0]
+    standard_layers = len({name.split(".")[1] for name in pieces if name.startswith("layers.")})
+    inferred = dict(hidden_size=hidden, num_layers=standard_layers + 1, padded_vocab_size=vocab,
+                    max_position_embeddings=positions)
+    if config_path is None:
+        thirteen_b = CodeGeeXConfig()
+        if any(getattr(thirteen_b, key) != value for key, value in inferred.items()):
+            raise ValueError(f"{src}: shapes ({', '.join(f'{k} {v}' for k, v in inferred.items())}) are not "
+                             f"CodeGeeX-13B's; give --config FILE.json with {', '.join(_CODEGEEX_CONFIG_KEYS)}")
+        return {**inferred, "num_attention_heads": thirteen_b.num_attention_heads}
+    config_path = Path(config_path)
+    try:
+        given = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--config {config_path}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_path}: invalid JSON ({e})") from e
+    missing = [key for key in _CODEGEEX_CONFIG_KEYS if key not in given]
+    if missing:
+        raise ValueError(f"{config_path}: missing {', '.join(missing)}")
+    for key in _CODEGEEX_CONFIG_KEYS:
+        if not isinstance(given[key], int) or isinstance(given[key], bool) or given[key] < 1:
+            raise ValueError(f"{config_path}: {key} must be a positive integer, got {given[key]!r}")
+    for key, value in inferred.items():
+        # THUDM's own --num-layers (39 for 13B) leaves out the top-query layer, which
+        # ours counts (40); a JSON in either convention is fine, the checkpoint decides
+        allowed = (value, value - 1) if key == "num_layers" else (value,)
+        if given[key] not in allowed:
+            raise ValueError(f"{config_path}: {key} is {given[key]} but the checkpoint {src} has {value}"
+                             + (" (counting the top-query layer)" if key == "num_layers" else ""))
+    return {**inferred, "num_attention_heads": given["num_attention_heads"],
+            "layernorm_epsilon": given.get("layernorm_epsilon", given.get("layer_norm_eps", 1e-5))}

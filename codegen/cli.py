@@ -1,0 +1,82 @@
+"""The `codegen` command: generate, convert, serve, eval."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _generate(args):
+    from .generation import GenerationConfig
+    from .predictor import Predictor
+
+    config = GenerationConfig(
+        max_new_tokens=args.max_length, min_new_tokens=args.min_length, decode_strategy=args.decode_strategy,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams,
+        repetition_penalty=args.repetition_penalty, num_return_sequences=args.num_return_sequences,
+        stop=args.stop or [], seed=args.seed)
+    config.validate()
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    predictor = Predictor(args.model, device=args.device, quantize=args.quantize, use_fast=args.use_fast)
+    if args.stream and args.num_return_sequences == 1 and args.decode_strategy != "beam_search":
+        sys.stdout.write(prompt)
+        for event in predictor.stream([(prompt, config)]):
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    for seq in predictor.generate([prompt], config)[0]:
+        sys.stdout.write(prompt + seq.text + "\n")
+
+
+def _convert(args):
+    from .checkpoints import convert
+    dst = convert(args.src, args.dst, config_path=args.config)
+    print(f"converted {args.src} -> {dst}")
+
+
+def _add_generate(sub):
+    p = sub.add_parser("generate", help="complete a prompt")
+    p.add_argument("prompt", help="the code to complete ('-' reads standard input)")
+    p.add_argument("--model", default=None, help="converted checkpoint directory or public name")
+    p.add_argument("--max-length", type=int, default=128, help="maximum number of new tokens")
+    p.add_argument("--min-length", type=int, default=0, help="minimum number of new tokens")
+    p.add_argument("--decode-strategy", default="greedy_search",
+                   choices=["greedy_search", "sampling", "beam_search"])
+    p.add_argument("--temperature", type=float, default=0.6)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--num-return-sequences", type=int, default=1)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: gpu if available)")
+    p.add_argument("--quantize", default=None, choices=["int8"])
+    p.add_argument("--use-fast", action=argparse.BooleanOptionalAction, default=None,
+                   help="the compiled fast path (default: when available)")
+    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    p.set_defaults(func=_generate)
+
+
+def _add_convert(sub):
+    p = sub.add_parser("convert", help="convert a Hugging Face, PaddleNLP or CodeGeeX checkpoint")
+    p.add_argument("src", help="checkpoint directory or CodeGeeX .pt file")
+    p.add_argument("dst", help="output directory")
+    p.add_argument("--config", default=None, help="CodeGeeX hyper-parameters JSON for non-13B checkpoints")
+    p.set_defaults(func=_convert)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="codegen", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    _add_convert(sub)
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        parser.exit(2, f"codegen {args.command}: error: {e}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""A key/value cache allocated once per generation.
+
+Both architectures write each new step's keys and values into preallocated
+buffers instead of concatenating, so a decode step touches fixed shapes and a
+compiled step can replace the eager one without changing callers.
+"""
+from __future__ import annotations
+
+import paddle
+
+
+class KVCache:
+    """Per-layer key/value buffers of shape [batch, heads, max_length, head_dim].
+
+    `length` counts the positions already written. A forward pass writes its new
+    positions at `length` for every layer and the model calls `advance` once at
+    the end, so all layers of one pass see the same offset.
+    """
+
+    def __init__(self, num_layers: int, batch_size: int, num_heads: int, max_length: int,
+                 head_dim: int, dtype: str = "float32"):
+        shape = [batch_size, num_heads, max_length, head_dim]
+        self.keys = [paddle.zeros(shape, dtype=dtype) for _ in range(num_layers)]
+        self.values = [paddle.zeros(shape, dtype=dtype) for _ in range(num_layers)]
+        self.max_length = max_length
+        self.length = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys[0].shape[0]
+
+    def update(self, layer: int, key: paddle.Tensor, value: paddle.Tensor):
+        """Store `key`/`value` [batch, heads, new, head_dim]; return all keys/values so far."""
+        end = self.length + key.shape[2]
+        if end > self.max_length:
+            raise ValueError(f"KV cache holds {self.max_length} positions; this step needs {end}")
+        self.keys[layer][:, :, self.length:end] = key.astype(self.keys[layer].dtype)
+        self.values[layer][:, :, self.length:end] = value.astype(self.values[layer].dtype)
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def advance(self, num_positions: int) -> None:
+        self.length += num_positions
+
+    def reorder(self, batch_index: paddle.Tensor) -> None:
+        """Gather batch rows, e.g. to follow the surviving beams in beam search."""
+        self.keys = [paddle.index_select(k, batch_index, axis=0) for k in self.keys]
+        self.values = [paddle.index_select(v, batch_index, axis=0) for v in self.values]
+
+    def truncate(self, length: int) -> None:
+        """Forget positions from `length` on (the buffers are overwritten later)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of length {self.length} to {length}")
+        self.length = length
+
+
+def attention_bias(attention_mask: paddle.Tensor, num_new: int) -> paddle.Tensor:
+    """Additive bias [batch, 1, num_new, total] from a 0/1 padding mask [batch, total].
+
+    The new positions are the last `num_new` of `total`; each may see itself, the
+    positions before it, and no padding. One fill value for everything masked keeps
+    rows that see nothing (padding queries) finite instead of NaN.
+    """
+    total = attention_mask.shape[1]
+    past = total - num_new
+    query_pos = paddle.arange(past, total, dtype="int64").unsqueeze(1)
+    key_pos = paddle.arange(0, total, dtype="int64").unsqueeze(0)
+    causal = (key_pos <= query_pos).unsqueeze(0).unsqueeze(0)            # [1, 1, new, total]
+    keep = paddle.logical_and(causal, attention_mask.astype("bool")[:, None, None, :])
+    zero = paddle.zeros([], dtype="float32")
+    masked = paddle.full([], float(paddle.finfo(paddle.float32).min), dtype="float32")
+    return paddle.where(keep, zero, masked)
+
+
+def position_ids_from_mask(attention_mask: paddle.Tensor, num_new: int) -> paddle.Tensor:
+    """Positions of the last `num_new` tokens, counting only real (unpadded) tokens.
+
+    Left padding then gives every row the positions it would have had unpadded.
+    """
+    positions = paddle.cumsum(attention_mask.astype("int64"), axis=1) - 1
+    positions = paddle.clip(positions, min=0)
+    return positions[:, -num_new:]

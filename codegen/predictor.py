@@ -1,0 +1,111 @@
+"""The predictor: load a model and tokenizer once, then generate or stream.
+
+Taskflow, the server, the CLI and evaluation all go through this class, so
+prompt truncation, device placement and the fast path are decided here once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from typing import Iterator, Sequence as Seq
+
+from .generation import GenerationConfig, PromptCache, Request, StreamEvent, generate, stream
+
+logger = logging.getLogger(__name__)
+
+# The model shipped inside the package (see issue 8); until it exists the default is
+# the public checkpoint PaddleNLP's Taskflow uses, looked up under $CODEGEN_HOME.
+DEFAULT_MODEL = "Salesforce/codegen-350M-mono"
+
+
+def pick_device(device: str | None) -> str:
+    import paddle
+    if device is None:
+        device = "gpu" if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0 else "cpu"
+    if device.startswith("gpu") and not paddle.device.is_compiled_with_cuda():
+        raise ValueError(f"device {device!r} requested but this Paddle build has no CUDA support")
+    if not (device == "cpu" or device.startswith("gpu")):
+        raise ValueError(f"device must be 'cpu', 'gpu' or 'gpu:N', got {device!r}")
+    paddle.set_device(device)
+    return device
+
+
+class Predictor:
+    """`Predictor(model)` loads `model` (a converted directory or a public name under
+    $CODEGEN_HOME); `generate` and `stream` take prompts as text."""
+
+    def __init__(self, model: str | os.PathLike | None = None, *, device: str | None = None,
+                 quantize: str | None = None, use_fast: bool | None = None, use_fp16_decoding: bool = False,
+                 prompt_cache_entries: int = 0):
+        from .checkpoints import load_model, resolve_model_dir
+        from .tokenizer import load_tokenizer
+
+        if quantize not in (None, "int8"):
+            raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+        self.device = pick_device(device)
+        self.model_dir = resolve_model_dir(model or DEFAULT_MODEL)
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self.model = load_model(self.model_dir)
+        self.model_config = self.model.config
+        self.context_length = self.model_config.max_position_embeddings
+        self.name = str(model or DEFAULT_MODEL)
+        self.prompt_cache = PromptCache(prompt_cache_entries) if prompt_cache_entries else None
+        if len(self.tokenizer) > self.model_config.vocab_size:
+            raise ValueError(f"{self.model_dir}: tokenizer has {len(self.tokenizer)} tokens but the model's "
+                             f"vocabulary is {self.model_config.vocab_size}")
+
+    # -- prompts ------------------------------------------------------------------
+
+    def fit(self, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], int, bool]:
+        """Left-truncate a prompt and clamp `max_new_tokens` to fit the context.
+
+        The prompt keeps at least half the context (or all of itself if shorter);
+        the new tokens get the rest. Returns (ids, max_new_tokens, truncated).
+        """
+        ctx = self.context_length
+        if not prompt_ids:
+            raise ValueError("prompt is empty: give at least one token of text")
+        keep = max(ctx - max_new_tokens, min(len(prompt_ids), ctx // 2))
+        truncated = len(prompt_ids) > keep
+        ids = prompt_ids[-keep:] if truncated else prompt_ids
+        return ids, min(max_new_tokens, ctx - len(ids)), truncated
+
+    def encode(self, prompt: str, max_new_tokens: int) -> tuple[list[int], int, bool]:
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+        if not prompt:
+            raise ValueError("prompt is empty: give the start of the code to complete")
+        ids, max_new, truncated = self.fit(self.tokenizer.encode(prompt), max_new_tokens)
+        if truncated:
+            logger.warning("prompt of %d tokens left-truncated to %d to fit the model's context of %d",
+                           len(self.tokenizer.encode(prompt)), len(ids), self.context_length)
+        return ids, max_new, truncated
+
+    # -- generation ---------------------------------------------------------------
+
+    def generate(self, prompts: Seq[str], config: GenerationConfig):
+        """One list of `Sequence`s (config.num_return_sequences each) per prompt."""
+        config.validate()
+        results = []
+        # prompts fitted one by one since each may need its own clamp of max_new_tokens
+        fitted = [self.encode(p, config.max_new_tokens) for p in prompts]
+        groups: dict[int, list[int]] = {}
+        for i, (_, max_new, _) in enumerate(fitted):
+            groups.setdefault(max_new, []).append(i)
+        results = [None] * len(prompts)
+        for max_new, indices in groups.items():
+            out = generate(self.model, self.tokenizer, [fitted[i][0] for i in indices],
+                           replace(config, max_new_tokens=max_new))
+            for i, seqs in zip(indices, out):
+                results[i] = seqs
+        return results
+
+    def stream(self, requests: Seq[tuple[str, GenerationConfig]], **kwargs) -> Iterator[StreamEvent]:
+        """Text deltas for several (prompt, config) requests decoded as one batch."""
+        batch = []
+        for prompt, config in requests:
+            config.validate()
+            ids, max_new, _ = self.encode(prompt, config.max_new_tokens)
+            batch.append(Request(ids, replace(config, max_new_tokens=max_new)))
+        return stream(self.model, self.tokenizer, batch, prompt_cache=self.prompt_cache, **kwargs)

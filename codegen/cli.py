@@ -66,16 +66,25 @@ def _add_convert(sub):
     p.set_defaults(func=_convert)
 
 
+def _add_serve(sub):
+    from .server import add_arguments, run
+    p = sub.add_parser("serve", help="an OpenAI-compatible completions server (a local Copilot)")
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="codegen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_convert(sub)
+    _add_serve(sub)
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"codegen {args.command}: error: {e}\n")
+    sys.exit(status or 0)
 
 
 if __name__ == "__main__":

@@ -51,9 +51,6 @@ class Predictor:
         self.context_length = self.model_config.max_position_embeddings
         self.name = str(model or DEFAULT_MODEL)
         self.prompt_cache = PromptCache(prompt_cache_entries) if prompt_cache_entries else None
-        if len(self.tokenizer) > self.model_config.vocab_size:
-            raise ValueError(f"{self.model_dir}: tokenizer has {len(self.tokenizer)} tokens but the model's "
-                             f"vocabulary is {self.model_config.vocab_size}")
 
     # -- prompts ------------------------------------------------------------------
 
@@ -71,20 +68,29 @@ class Predictor:
         ids = prompt_ids[-keep:] if truncated else prompt_ids
         return ids, min(max_new_tokens, ctx - len(ids)), truncated
 
-    def encode(self, prompt: str, max_new_tokens: int) -> tuple[list[int], int, bool]:
-        if not isinstance(prompt, str):
-            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
-        if not prompt:
-            raise ValueError("prompt is empty: give the start of the code to complete")
-        ids, max_new, truncated = self.fit(self.tokenizer.encode(prompt), max_new_tokens)
+    def encode(self, prompt: str | list[int], max_new_tokens: int) -> tuple[list[int], int, bool]:
+        """Token ids for a prompt given as text or, as the OpenAI API allows, as token ids."""
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt is empty: give the start of the code to complete")
+            prompt_ids = self.tokenizer.encode(prompt)
+        elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            vocab = self.model_config.vocab_size
+            bad = [t for t in prompt if not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"prompt token id {bad[0]} is outside the model's vocabulary 0..{vocab - 1}")
+            prompt_ids = list(prompt)
+        else:
+            raise ValueError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
+        ids, max_new, truncated = self.fit(prompt_ids, max_new_tokens)
         if truncated:
             logger.warning("prompt of %d tokens left-truncated to %d to fit the model's context of %d",
-                           len(self.tokenizer.encode(prompt)), len(ids), self.context_length)
+                           len(prompt_ids), len(ids), self.context_length)
         return ids, max_new, truncated
 
     # -- generation ---------------------------------------------------------------
 
-    def generate(self, prompts: Seq[str], config: GenerationConfig):
+    def generate(self, prompts: Seq[str | list[int]], config: GenerationConfig):
         """One list of `Sequence`s (config.num_return_sequences each) per prompt."""
         config.validate()
         results = []

@@ -39,17 +39,16 @@ class CodeGenerationTask:
                                    use_fast=use_fast if use_fast is not None else use_faster,
                                    use_fp16_decoding=use_fp16_decoding)
 
-    def prompt(self, text: str) -> str:
-        if self.language is None:
+    def prompt(self, text):
+        if self.language is None or not isinstance(text, str):
             return text
         from .languages import with_language_tag
         return with_language_tag(text, self.language)
 
     def __call__(self, inputs):
-        single = isinstance(inputs, str)
-        texts = [inputs] if single else inputs
-        if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
-            raise ValueError("input must be a string or a list of strings")
+        texts = [inputs] if isinstance(inputs, str) else inputs
+        if not isinstance(texts, (list, tuple)) or not all(isinstance(t, (str, list)) for t in texts):
+            raise ValueError("input must be a string or a list of strings (or of token-id lists)")
         if not texts:
             raise ValueError("input is an empty list: give at least one prompt")
         completions, scores = [], []
@@ -57,22 +56,54 @@ class CodeGenerationTask:
             batch = [self.prompt(t) for t in texts[start:start + self.batch_size]]
             for seqs in self.predictor.generate(batch, self.config):
                 if self.config.num_return_sequences == 1:
-                    completions.append(seqs[0].text)
+                    completions.append(self.completion(seqs[0]))
                     scores.append(seqs[0].score)
                 else:
-                    completions.append([s.text for s in seqs])
+                    completions.append([self.completion(s) for s in seqs])
                     scores.append([s.score for s in seqs])
         return (completions, scores) if self.output_scores else completions
 
+    def completion(self, sequence) -> str:
+        return sequence.text
 
-TASKS = {"code_generation": CodeGenerationTask}
+
+class CodeTranslationTask(CodeGenerationTask):
+    """CodeGeeX's translation: `Taskflow("code_translation", model=..., source_language="Python",
+    target_language="Go")(source_code)` returns the code in the target language.
+
+    Generation stops where the target language ends a top-level function. Give the
+    target's signature as `target_prefix` to steer the translation; it starts the output.
+    """
+
+    def __init__(self, model=None, *, source_language: str, target_language: str, target_prefix: str = "",
+                 decode_strategy: str = "greedy_search", max_length: int = 512, stop=None, **kwargs):
+        from .languages import canonical_language, function_end_stops
+        self.source_language = canonical_language(source_language)
+        self.target_language = canonical_language(target_language)
+        self.target_prefix = target_prefix
+        stops = function_end_stops(self.target_language) if target_prefix else []
+        super().__init__(model, decode_strategy=decode_strategy, max_length=max_length,
+                         stop=[*stops, *([stop] if isinstance(stop, str) else stop or [])], **kwargs)
+
+    def prompt(self, text):
+        from .languages import translation_prompt
+        if not isinstance(text, str):
+            raise ValueError("code_translation takes source code as a string or a list of strings")
+        return translation_prompt(text, self.source_language, self.target_language, self.target_prefix)
+
+    def completion(self, sequence) -> str:
+        from .languages import close_function
+        text = sequence.text
+        if self.target_prefix and sequence.finish_reason == "stop":
+            text = close_function(text, self.target_language)
+        return self.target_prefix + text
+
+
+TASKS = {"code_generation": CodeGenerationTask, "code_translation": CodeTranslationTask}
 
 
 def Taskflow(task: str = "code_generation", model=None, **kwargs):
     """Create a task: `Taskflow("code_generation", model=PATH_OR_NAME, **options)(prompts)`."""
-    if task == "code_translation":
-        from .translation import CodeTranslationTask
-        return CodeTranslationTask(model, **kwargs)
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}: choose from {', '.join([*TASKS, 'code_translation'])}")
+        raise ValueError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
     return TASKS[task](model, **kwargs)

@@ -126,3 +126,9 @@ def test_taskflow_greedy_equals_transformers_generate(reference, converted):
     tok = codegen_tokenizer()
     expected = [tok.decode(list(ids)) for ids in reference["greedy_new_ids"]]
     assert flow(prompts) == expected
+
+
+def test_last_only_gives_the_last_positions_logits():
+    model = tiny()
+    ids = paddle.to_tensor([[4, 8, 15, 16, 23, 42]])
+    assert np.abs(model(ids).numpy()[:, -1:] - model(ids, last_only=True).numpy()).max() <= 1e-5

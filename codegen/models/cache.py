@@ -53,6 +53,21 @@ class KVCache:
         self.length = length
 
 
+def full_attention_mask(input_ids: paddle.Tensor, attention_mask, cache: KVCache | None,
+                        context: int) -> paddle.Tensor:
+    """The 0/1 mask over cached + new positions, checked against the cache and the context."""
+    batch, seq = input_ids.shape
+    past = cache.length if cache is not None else 0
+    if attention_mask is None:
+        attention_mask = paddle.ones([batch, past + seq], dtype="int64")
+    elif attention_mask.shape[1] != past + seq:
+        raise ValueError(f"attention_mask covers {attention_mask.shape[1]} positions, "
+                         f"expected cached {past} + new {seq}")
+    if past + seq > context:
+        raise ValueError(f"sequence of {past + seq} tokens exceeds the model's context of {context}")
+    return attention_mask
+
+
 def attention_bias(attention_mask: paddle.Tensor, num_new: int) -> paddle.Tensor:
     """Additive bias [batch, 1, num_new, total] from a 0/1 padding mask [batch, total].
 

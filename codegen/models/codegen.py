@@ -9,13 +9,14 @@ reshuffle.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .cache import KVCache, attention_bias, position_ids_from_mask
+from .config_io import ConfigDict
+from .cache import KVCache, attention_bias, full_attention_mask, position_ids_from_mask
 
 # Salesforce trained on TPU v4 with 4-way model parallelism and kept that
 # sharding in the fused projection: each of MP_NUM shards holds [query | value | key].
@@ -23,7 +24,7 @@ MP_NUM = 4
 
 
 @dataclass
-class CodeGenConfig:
+class CodeGenConfig(ConfigDict):
     vocab_size: int = 51200
     n_positions: int = 2048
     n_embd: int = 1024
@@ -64,13 +65,6 @@ class CodeGenConfig:
     def num_heads(self) -> int:
         return self.n_head
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CodeGenConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def _sizes(n_embd, n_layer, n_head, rotary_dim):
@@ -198,17 +192,11 @@ class CodeGenForCausalLM(nn.Layer):
         dtype = dtype or self.lm_head.weight.dtype
         return KVCache(c.n_layer, batch_size, c.n_head, max_length or c.n_positions, c.head_dim, dtype)
 
-    def forward(self, input_ids, attention_mask=None, cache: KVCache | None = None):
-        batch, seq = input_ids.shape
-        past = cache.length if cache is not None else 0
-        if attention_mask is None:
-            attention_mask = paddle.ones([batch, past + seq], dtype="int64")
-        elif attention_mask.shape[1] != past + seq:
-            raise ValueError(f"attention_mask covers {attention_mask.shape[1]} positions, "
-                             f"expected cached {past} + new {seq}")
-        if past + seq > self.config.n_positions:
-            raise ValueError(f"sequence of {past + seq} tokens exceeds the model's context "
-                             f"of {self.config.n_positions}")
+    def forward(self, input_ids, attention_mask=None, cache: KVCache | None = None, last_only: bool = False):
+        """`last_only` returns logits for the last position alone ([batch, 1, vocab]):
+        a prefill needs no more, and the LM head dominates a small model's prefill."""
+        seq = input_ids.shape[1]
+        attention_mask = full_attention_mask(input_ids, attention_mask, cache, self.config.n_positions)
         positions = position_ids_from_mask(attention_mask, seq)
         sin = F.embedding(positions, self.rotary_sin).unsqueeze(2)
         cos = F.embedding(positions, self.rotary_cos).unsqueeze(2)
@@ -218,4 +206,6 @@ class CodeGenForCausalLM(nn.Layer):
             x = block(x, sin, cos, bias, cache, i)
         if cache is not None:
             cache.advance(seq)
+        if last_only:
+            x = x[:, -1:]
         return self.lm_head(self.transformer.ln_f(x)).astype("float32")

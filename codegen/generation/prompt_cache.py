@@ -1,0 +1,77 @@
+"""Reuse of the key/value cache across single-row requests that share a prefix.
+
+Editors resend nearly the same prompt on every keystroke; recomputing only the
+tokens after the longest shared prefix turns a full prefill into a few positions.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from .batching import copy_positions
+
+
+class PromptCache:
+    """The `max_entries` most recently used (token ids, KV cache) pairs of batch-1 generations.
+
+    Memory is bounded by `max_entries` caches of at most the model's context each
+    (a CodeGen-350M cache of 2048 positions in float32 is about 335 MB).
+    Entries are never written to: a request gets a copy of the shared prefix.
+    """
+
+    def __init__(self, max_entries: int = 4):
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ValueError(f"max_entries must be a positive integer, got {max_entries!r}")
+        self.max_entries = max_entries
+        self._entries: OrderedDict[int, tuple[np.ndarray, object]] = OrderedDict()
+        self._next_key = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def start(self, model, prompt_ids: list[int], max_length: int):
+        """A fresh cache of `max_length` positions with the longest cached prefix of the prompt.
+
+        Returns (cache, reused): the caller feeds `prompt_ids[reused:]`. The prompt's
+        last token is never reused, since its logits are needed.
+        """
+        prompt = np.asarray(prompt_ids, dtype=np.int64)
+        best_key, best = None, 0
+        with self._lock:
+            for key, (tokens, _) in self._entries.items():
+                shared = _common_prefix(tokens, prompt[:-1])
+                if shared > best:
+                    best_key, best = key, shared
+            if best_key is None:
+                return model.new_cache(1, max_length=max_length), 0
+            self._entries.move_to_end(best_key)
+            source = self._entries[best_key][1]
+        return copy_positions(model, source, 0, best, max_length), best
+
+    def put(self, token_ids: list[int], cache) -> None:
+        """Remember `cache` (batch 1), which holds exactly `token_ids`. It must not be written to afterwards."""
+        tokens = np.asarray(token_ids, dtype=np.int64)
+        if cache.batch_size != 1 or cache.length != len(tokens):
+            raise ValueError(f"a prompt cache entry needs a batch-1 cache of its {len(tokens)} tokens, "
+                             f"got batch {cache.batch_size} of length {cache.length}")
+        with self._lock:
+            # an entry the new one extends can only ever reuse less
+            for key in [k for k, (old, _) in self._entries.items() if _common_prefix(old, tokens) == len(old)]:
+                del self._entries[key]
+            self._entries[self._next_key] = (tokens, cache)
+            self._next_key += 1
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+
+def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if differ.size else n

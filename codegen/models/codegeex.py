@@ -1,0 +1,164 @@
+"""THUDM CodeGeeX in Paddle.
+
+A GPT-2 style decoder (learned word and position embeddings, pre-LayerNorm
+layers with separate Q/K/V projections and a 4h MLP) that ends differently: after
+the final LayerNorm comes a "top-query" layer whose queries are not computed from
+the hidden states but from a learned embedding of the position alone, while its
+keys and values come from the hidden states. The output is projected onto the
+word embeddings (tied, no bias).
+
+`num_layers` counts the top-query layer: CodeGeeX-13B is 39 standard layers plus
+the top-query layer, 40 in all, and every one of them keeps keys and values in the
+KV cache.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from .config_io import ConfigDict
+from .cache import KVCache, attention_bias, full_attention_mask, position_ids_from_mask
+
+
+@dataclass
+class CodeGeeXConfig(ConfigDict):
+    hidden_size: int = 5120
+    num_layers: int = 40
+    num_attention_heads: int = 40
+    padded_vocab_size: int = 52224
+    max_position_embeddings: int = 2048
+    layernorm_epsilon: float = 1e-5
+    eos_token_id: int = 50256
+    model_type: str = "codegeex"
+
+    def __post_init__(self):
+        if self.num_attention_heads < 1 or self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by "
+                             f"num_attention_heads ({self.num_attention_heads})")
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers ({self.num_layers}) counts the top-query layer, so it must be at least 1")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def vocab_size(self) -> int:
+        return self.padded_vocab_size
+
+    @property
+    def num_heads(self) -> int:
+        return self.num_attention_heads
+
+
+
+CODEGEEX_CONFIGS = {"THUDM/codegeex-13b": CodeGeeXConfig()}
+
+
+def fast_gelu(x: paddle.Tensor) -> paddle.Tensor:
+    """The sigmoid approximation of GELU that CodeGeeX was trained with (MindSpore's)."""
+    return x * F.sigmoid(1.702 * x)
+
+
+class CodeGeeXAttention(nn.Layer):
+    def __init__(self, config: CodeGeeXConfig):
+        super().__init__()
+        self.config = config
+        h = config.hidden_size
+        self.query = nn.Linear(h, h)
+        self.key = nn.Linear(h, h)
+        self.value = nn.Linear(h, h)
+        self.dense = nn.Linear(h, h)
+
+    def _heads(self, x):
+        c = self.config
+        return x.reshape([x.shape[0], x.shape[1], c.num_attention_heads, c.head_dim]).transpose([0, 2, 1, 3])
+
+    def forward(self, query_input, kv_input, bias, cache: KVCache | None, layer_index: int):
+        c = self.config
+        query = self._heads(self.query(query_input))
+        key = self._heads(self.key(kv_input))
+        value = self._heads(self.value(kv_input))
+        if cache is not None:
+            key, value = cache.update(layer_index, key, value)
+        # scores and softmax in fp32 whatever the weights' dtype, as the reference does
+        scores = paddle.matmul(query.astype("float32"), key.astype("float32"), transpose_y=True)
+        scores = scores / math.sqrt(c.head_dim) + bias
+        probs = F.softmax(scores, axis=-1).astype(value.dtype)
+        out = paddle.matmul(probs, value).transpose([0, 2, 1, 3])
+        return self.dense(out.reshape([out.shape[0], out.shape[1], c.hidden_size]))
+
+
+class CodeGeeXMLP(nn.Layer):
+    def __init__(self, config: CodeGeeXConfig):
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(config.hidden_size, 4 * config.hidden_size)
+        self.dense_4h_to_h = nn.Linear(4 * config.hidden_size, config.hidden_size)
+
+    def forward(self, x):
+        return self.dense_4h_to_h(fast_gelu(self.dense_h_to_4h(x)))
+
+
+class CodeGeeXLayer(nn.Layer):
+    """A pre-LayerNorm layer; as the top-query layer, queries come from `query_input`."""
+
+    def __init__(self, config: CodeGeeXConfig):
+        super().__init__()
+        eps = config.layernorm_epsilon
+        self.input_layernorm = nn.LayerNorm(config.hidden_size, epsilon=eps)
+        self.attention = CodeGeeXAttention(config)
+        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, epsilon=eps)
+        self.mlp = CodeGeeXMLP(config)
+
+    def forward(self, x, bias, cache, layer_index, query_input=None):
+        h = self.input_layernorm(x)
+        # the top-query embedding enters the attention as it is, without a LayerNorm
+        x = x + self.attention(h if query_input is None else query_input, h, bias, cache, layer_index)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class CodeGeeXForCausalLM(nn.Layer):
+    """`model(input_ids, attention_mask=None, cache=None)` -> float32 logits [batch, seq, vocab].
+
+    With a cache, `input_ids` are the new tokens and `attention_mask` covers the
+    cached positions plus the new ones ([batch, cache.length + seq]).
+    """
+
+    def __init__(self, config: CodeGeeXConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.word_embeddings = nn.Embedding(c.padded_vocab_size, c.hidden_size)
+        self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
+        self.top_query_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
+        self.layers = nn.LayerList([CodeGeeXLayer(c) for _ in range(c.num_layers - 1)])
+        self.final_layernorm = nn.LayerNorm(c.hidden_size, epsilon=c.layernorm_epsilon)
+        self.top_query_layer = CodeGeeXLayer(c)
+
+    def new_cache(self, batch_size: int, max_length: int | None = None, dtype: str | None = None) -> KVCache:
+        c = self.config
+        dtype = dtype or self.word_embeddings.weight.dtype
+        return KVCache(c.num_layers, batch_size, c.num_attention_heads, max_length or c.max_position_embeddings,
+                       c.head_dim, dtype)
+
+    def forward(self, input_ids, attention_mask=None, cache: KVCache | None = None, last_only: bool = False):
+        """`last_only` returns logits for the last position alone ([batch, 1, vocab])."""
+        seq = input_ids.shape[1]
+        attention_mask = full_attention_mask(input_ids, attention_mask, cache, self.config.max_position_embeddings)
+        positions = position_ids_from_mask(attention_mask, seq)
+        bias = attention_bias(attention_mask, seq)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, bias, cache, i)
+        x = self.top_query_layer(self.final_layernorm(x), bias, cache, len(self.layers),
+                                 query_input=self.top_query_embeddings(positions))
+        if cache is not None:
+            cache.advance(seq)
+        if last_only:
+            x = x[:, -1:]
+        logits = paddle.matmul(x, self.word_embeddings.weight, transpose_y=True)
+        return logits.astype("float32")

@@ -1,0 +1,247 @@
+"""The HTTP application: OpenAI Completions routes, health, and Copilot's token stub."""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .completions import CompletionRun
+from .engine import Engine, Job, NotReady, QueueFull
+from .prompts import fim_token_ids, prepare_prompt
+from .protocol import APIError, CompletionParams, Defaults, Limits, bad_request, parse_completion, parse_json
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# response headers telling a client its prompt was cut or its max_tokens lowered
+# (comma-separated, one value per prompt)
+DROPPED_HEADER = "X-Codegen-Prompt-Tokens-Dropped"
+MAX_TOKENS_HEADER = "X-Codegen-Max-Tokens"
+
+
+def load_predictor(settings: Settings):
+    from ..predictor import Predictor
+    return Predictor(settings.model, device=settings.device, quantize=settings.quantize,
+                     prompt_cache_entries=settings.prompt_cache_entries)
+
+
+def model_id(predictor) -> str:
+    """The name clients see: a checkpoint directory's own name, or the public name."""
+    path = Path(predictor.name)
+    return path.name if path.is_dir() else predictor.name
+
+
+def generation_config(params: CompletionParams, max_new_tokens: int):
+    from ..generation import GenerationConfig
+
+    if params.greedy:
+        # temperature, top-k and top-p cannot change an argmax; the defaults leave them off
+        strategy = dict(decode_strategy="greedy_search")
+    else:
+        strategy = dict(decode_strategy="sampling", temperature=params.temperature, top_k=params.top_k,
+                        top_p=params.top_p)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, repetition_penalty=params.repetition_penalty,
+                              num_return_sequences=params.n, stop=params.stop, seed=params.seed,
+                              logprobs=params.logprobs, **strategy)
+    try:
+        config.validate()
+    except ValueError as e:
+        raise bad_request(None, str(e)) from None
+    return config
+
+
+def sse(data: dict | str) -> str:
+    """One server-sent event: a single `data:` line (JSON never holds a raw newline) and a blank line."""
+    if not isinstance(data, str):
+        data = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {data}\n\n"
+
+
+def create_app(settings: Settings, load=None, on_load_failure=None) -> FastAPI:
+    """The app; `load()` returns a Predictor (default: from `settings`) and runs in the worker thread.
+
+    `on_load_failure()` is called on the event loop if loading fails (the CLI uses it to exit).
+    """
+    engine = Engine(load or (lambda: load_predictor(settings)), settings.max_batch_size, settings.max_queue)
+    defaults = Defaults(settings.max_tokens, settings.temperature, settings.top_p, settings.top_k)
+
+    async def watch_loading():
+        await asyncio.to_thread(engine.loaded.wait)
+        if engine.ready:
+            logger.info("model %s loaded; ready for requests", model_id(engine.predictor))
+        elif on_load_failure is not None:
+            on_load_failure()
+
+    @asynccontextmanager
+    async def lifespan(app):
+        engine.start()
+        watcher = asyncio.create_task(watch_loading())
+        yield
+        watcher.cancel()
+        await asyncio.to_thread(engine.stop)
+
+    app = FastAPI(title="codegen", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+
+    # -- errors: always OpenAI's error object, never a framework's own shape ---------
+
+    @app.exception_handler(APIError)
+    async def api_error(request, e: APIError):
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, e: StarletteHTTPException):
+        error = APIError(e.status_code, f"{request.method} {request.url.path}: {e.detail}")
+        return JSONResponse(error.body(), status_code=e.status_code, headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request, e: Exception):
+        # Starlette logs the traceback after this answer is sent
+        error = APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error")
+        return JSONResponse(error.body(), status_code=500)
+
+    # -- helpers -------------------------------------------------------------------
+
+    def authorize(request: Request, schemes=("bearer",)) -> str | None:
+        if settings.api_key is None:
+            return None
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() not in schemes or not hmac.compare_digest(key.strip().encode(), settings.api_key.encode()):
+            raise APIError(401, "invalid or missing API key: send 'Authorization: Bearer KEY' with the "
+                                "server's --api-key", code="invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+        return key
+
+    def require_ready():
+        if engine.ready:
+            return engine.predictor
+        if engine.load_error is not None:
+            raise APIError(503, f"the model failed to load: {engine.load_error}", type="server_error")
+        raise APIError(503, "the model is still loading; retry shortly", type="server_error",
+                       headers={"Retry-After": "1"})
+
+    # -- routes ----------------------------------------------------------------------
+
+    @app.get("/health")
+    async def health():
+        if engine.ready:
+            return {"status": "ready", "model": model_id(engine.predictor)}
+        if engine.load_error is not None:
+            return JSONResponse({"status": "failed", "error": str(engine.load_error)}, status_code=503)
+        return JSONResponse({"status": "loading"}, status_code=503)
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        authorize(request)
+        predictor = require_ready()
+        return {"object": "list", "data": [{
+            "id": model_id(predictor), "object": "model", "created": int(engine.loaded_at), "owned_by": "codegen",
+            "context_length": predictor.context_length,
+            "infill": fim_token_ids(predictor.tokenizer) is not None,
+        }]}
+
+    @app.get("/copilot_internal/v2/token")
+    async def copilot_token(request: Request):
+        # Copilot sends its GitHub token as "token X"; a configured key is what it must then
+        # send back as its Bearer token, so only a caller that knows it gets it
+        key = authorize(request, schemes=("bearer", "token"))
+        now = int(time.time())
+        base = str(request.base_url).rstrip("/")
+        return {"token": key or "codegen-local", "expires_at": now + 3600, "refresh_in": 1800,
+                "endpoints": {"api": base, "proxy": base}, "chat_enabled": False}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await complete(request)
+
+    @app.post("/v1/engines/{engine_name}/completions")
+    async def engine_completions(engine_name: str, request: Request):
+        # Copilot names an engine (codegen, copilot-codex, ...); there is one model, so any name serves
+        return await complete(request)
+
+    async def complete(request: Request):
+        authorize(request)
+        predictor = require_ready()
+        limits = Limits(predictor.context_length, len(predictor.tokenizer), settings.max_batch_size)
+        params = parse_completion(parse_json(await request.body()), limits, defaults)
+        if params.echo and params.suffix is not None and fim_token_ids(predictor.tokenizer) is not None:
+            raise bad_request("echo", "echo cannot be combined with suffix: an infilling prompt is not the text sent")
+        try:
+            prompts = await asyncio.to_thread(
+                lambda: [prepare_prompt(predictor, p, params.suffix, params.max_tokens) for p in params.prompts])
+        except ValueError as e:
+            raise bad_request("prompt", str(e)) from None
+        configs = [generation_config(params, p.max_new_tokens) if p.max_new_tokens else None for p in prompts]
+        job = Job([p.ids for p in prompts], configs, params.n,
+                  score_prompts=params.logprobs if params.echo and params.logprobs is not None else None,
+                  loop=asyncio.get_running_loop())
+        try:
+            engine.submit(job)
+        except QueueFull:
+            raise APIError(429, f"the server is busy ({settings.max_queue} requests waiting); retry shortly",
+                           type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}) from None
+        except NotReady:
+            require_ready()
+        run = CompletionRun(params, prompts, predictor.tokenizer, model_id(predictor))
+        headers = {DROPPED_HEADER: ",".join(str(p.dropped) for p in prompts),
+                   MAX_TOKENS_HEADER: ",".join(str(p.max_new_tokens) for p in prompts)}
+        if params.stream:
+            return StreamingResponse(stream_events(run, job), media_type="text/event-stream",
+                                     headers={**headers, "Cache-Control": "no-cache"})
+        return JSONResponse(await collect(run, job, request), headers=headers)
+
+    return app
+
+
+def generation_failed(e: Exception) -> APIError:
+    return APIError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error")
+
+
+async def stream_events(run: CompletionRun, job: Job):
+    """SSE lines for a job; on client disconnect the generator is cancelled and so is the job."""
+    try:
+        if run.params.echo and run.params.logprobs is None:
+            for chunk in run.echo_chunks():
+                yield sse(chunk)
+        async for item in job.items():
+            for chunk in run.consume(item):
+                yield sse(chunk)
+        for chunk in run.finish():
+            yield sse(chunk)
+        if run.params.include_usage:
+            yield sse(run.chunk([], usage=run.usage()))
+        yield sse("[DONE]")
+    except Exception as e:   # the worker has logged it; the headers are sent, so it goes in the stream
+        yield sse(generation_failed(e).body())
+    finally:
+        job.cancel()
+
+
+async def collect(run: CompletionRun, job: Job, request: Request) -> dict:
+    """The whole response; a client that hangs up meanwhile cancels the job."""
+    async def cancel_on_disconnect():
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        job.cancel()
+
+    watcher = asyncio.create_task(cancel_on_disconnect())
+    try:
+        if run.params.echo and run.params.logprobs is None:
+            run.echo_chunks()
+        async for item in job.items():
+            run.consume(item)
+    except Exception as e:   # the worker has logged it
+        raise generation_failed(e) from None
+    finally:
+        watcher.cancel()
+        job.cancel()
+    run.finish()
+    return run.response()

@@ -1,0 +1,45 @@
+"""The `codegen` command as a user runs it."""
+import subprocess
+import sys
+
+from conftest import FIXTURES
+
+
+def codegen(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "codegen.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def test_convert_then_generate_greedy_matches_taskflow(tmp_path):
+    from codegen import Taskflow
+    converted = codegen("convert", FIXTURES / "hf-codegen-tiny", tmp_path / "m")
+    assert converted.returncode == 0, converted.stderr
+    out = codegen("generate", "def fib(n):", "--model", tmp_path / "m", "--max-length", 8)
+    assert out.returncode == 0, out.stderr
+    expected = Taskflow("code_generation", model=str(tmp_path / "m"), decode_strategy="greedy_search",
+                        max_length=8, repetition_penalty=1.0)("def fib(n):")[0]
+    assert out.stdout == "def fib(n):" + expected + "\n"
+
+
+def test_streamed_output_equals_plain_output(tiny_model_dir):
+    plain = codegen("generate", "import os\n", "--model", tiny_model_dir, "--max-length", 10)
+    streamed = codegen("generate", "import os\n", "--model", tiny_model_dir, "--max-length", 10, "--stream")
+    assert plain.returncode == streamed.returncode == 0
+    assert plain.stdout == streamed.stdout
+
+
+def test_prompt_from_stdin(tiny_model_dir):
+    from_arg = codegen("generate", "x = 1\n", "--model", tiny_model_dir, "--max-length", 4)
+    from_stdin = codegen("generate", "-", "--model", tiny_model_dir, "--max-length", 4, input="x = 1\n")
+    assert from_arg.stdout == from_stdin.stdout
+
+
+def test_errors_are_one_line_not_tracebacks(tmp_path, tiny_model_dir):
+    missing = codegen("generate", "x", "--model", tmp_path / "nope")
+    assert missing.returncode == 2 and "codegen convert" in missing.stderr and "Traceback" not in missing.stderr
+    bad = codegen("generate", "x", "--model", tiny_model_dir, "--top-p", "2")
+    assert bad.returncode == 2 and "top_p" in bad.stderr and "Traceback" not in bad.stderr
+    empty = codegen("generate", "", "--model", tiny_model_dir)
+    assert empty.returncode == 2 and "empty" in empty.stderr
+    junk = codegen("convert", tmp_path, tmp_path / "out")
+    assert junk.returncode == 2 and "not a recognised checkpoint" in junk.stderr

@@ -1,0 +1,383 @@
+"""The greedy/sampling decode loop on a tiny random CodeGen: cache, batching, streaming, options.
+
+Also home of the fakes the other test_generation_* files import.
+"""
+from dataclasses import replace
+from types import SimpleNamespace
+
+import numpy as np
+import paddle
+import pytest
+
+from codegen.generation import GenerationConfig, Request, generate, stream
+from codegen.generation.processors import apply_repetition_penalty, sample_token, top_alternatives
+from codegen.models.cache import KVCache
+from codegen.models.codegen import CodeGenConfig, CodeGenForCausalLM
+
+VOCAB = 1000
+
+
+class ByteTokenizer:
+    """Ids below `byte_ids` are single bytes (so characters split across tokens), the rest `<id>`."""
+
+    def __init__(self, vocab=VOCAB, eos_token_id=None, pieces=None, byte_ids=256):
+        self.vocab = vocab
+        self.byte_ids = byte_ids
+        self.eos_token_id = eos_token_id
+        self.pad_token_id = None
+        self.pieces = pieces or {}
+
+    def __len__(self):
+        return self.vocab
+
+    def piece(self, i):
+        i = int(i)
+        if i in self.pieces:
+            return self.pieces[i]
+        return bytes([i]) if i < self.byte_ids else f"<{i}>".encode()
+
+    def decode_bytes(self, ids):
+        return b"".join(self.piece(i) for i in ids if i != self.eos_token_id)
+
+    def decode(self, ids):
+        return self.decode_bytes(ids).decode("utf-8", "replace")
+
+
+def tiny_model(seed=0, vocab=VOCAB, n_positions=128):
+    paddle.seed(seed)
+    config = CodeGenConfig(vocab_size=vocab, n_positions=n_positions, n_embd=64, n_layer=2, n_head=4, rotary_dim=8)
+    return CodeGenForCausalLM(config).eval()
+
+
+class Recording:
+    """Passes calls through to `model`, remembering each call's input shape."""
+
+    def __init__(self, model):
+        self.model = model
+        self.config = model.config
+        self.shapes = []
+
+    def new_cache(self, *args, **kwargs):
+        return self.model.new_cache(*args, **kwargs)
+
+    def __call__(self, input_ids, attention_mask=None, cache=None, last_only=False):
+        self.shapes.append(tuple(input_ids.shape))
+        return self.model(input_ids, attention_mask=attention_mask, cache=cache, last_only=last_only)
+
+
+class ScriptedModel:
+    """Always predicts `successor[last token]` (token 0 when unlisted), whatever else it sees."""
+
+    def __init__(self, successor, vocab=64, n_positions=64):
+        self.successor = successor
+        self.config = SimpleNamespace(vocab_size=vocab, max_position_embeddings=n_positions)
+
+    def new_cache(self, batch_size, max_length=None, dtype=None):
+        return KVCache(1, batch_size, 1, max_length or self.config.max_position_embeddings, 1)
+
+    def __call__(self, input_ids, attention_mask=None, cache=None, last_only=False):
+        ids = input_ids.numpy()[:, -1:] if last_only else input_ids.numpy()
+        logits = np.full(ids.shape + (self.config.vocab_size,), -10.0, dtype=np.float32)
+        for index in np.ndindex(*ids.shape):
+            logits[index + (self.successor.get(int(ids[index]), 0),)] = 10.0
+        cache.advance(input_ids.shape[1])
+        return paddle.to_tensor(logits)
+
+
+def full_logits(model, ids):
+    """Logits of an uncached forward over `ids` [seq] -> float64 [seq, vocab]."""
+    with paddle.no_grad():
+        return model(paddle.to_tensor(np.array([ids], dtype=np.int64))).numpy()[0].astype(np.float64)
+
+
+def log_softmax(logits):
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def full_logprobs(model, ids):
+    return log_softmax(full_logits(model, ids))
+
+
+def collect(events):
+    """Per row: (text, token_ids, logprobs, finish reasons seen, events after finishing)."""
+    rows = {}
+    for e in events:
+        row = rows.setdefault(e.index, dict(text="", token_ids=[], logprobs=[], finishes=[], after_finish=0))
+        if row["finishes"]:
+            row["after_finish"] += 1
+        row["text"] += e.text
+        row["token_ids"] += e.token_ids
+        row["logprobs"] += e.logprobs
+        if e.finish_reason is not None:
+            row["finishes"].append(e.finish_reason)
+    return rows
+
+
+PROMPTS = [[5, 17, 300, 42, 9, 700, 13, 2, 88], [400, 12, 7, 999], [3, 3, 600, 45, 46, 47]]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def test_cached_steps_match_a_full_forward_for_padded_rows(model):
+    config = GenerationConfig(max_new_tokens=12, logprobs=3)
+    results = generate(model, ByteTokenizer(), PROMPTS[:2], config)
+    for prompt, (seq,) in zip(PROMPTS[:2], results):
+        assert len(seq.token_ids) == 12 and seq.finish_reason == "length"
+        reference = full_logprobs(model, prompt + seq.token_ids)[len(prompt) - 1:-1]
+        chosen = reference[np.arange(12), seq.token_ids]
+        assert np.abs(np.array(seq.token_logprobs) - chosen).max() <= 1e-4
+        assert seq.token_ids == reference.argmax(-1).tolist()
+        for step, top in enumerate(seq.top_logprobs):
+            best = np.sort(reference[step])[::-1][:3]
+            assert np.abs(np.array(sorted(top.values(), reverse=True)) - best).max() <= 1e-4
+        assert seq.score == pytest.approx(sum(seq.token_logprobs), abs=1e-4)
+
+
+def test_batched_greedy_gives_each_prompt_its_own_tokens(model):
+    tok = ByteTokenizer()
+    config = GenerationConfig(max_new_tokens=10)
+    together = generate(model, tok, PROMPTS, config)
+    for prompt, seqs in zip(PROMPTS, together):
+        assert seqs[0].token_ids == generate(model, tok, [prompt], config)[0][0].token_ids
+
+
+def test_rows_with_different_configs_share_a_batch(model):
+    tok = ByteTokenizer()
+    greedy = GenerationConfig(max_new_tokens=6)
+    sampled = GenerationConfig(max_new_tokens=9, decode_strategy="sampling", temperature=0.8, top_k=20, seed=3)
+    rows = collect(stream(model, tok, [Request(PROMPTS[0], greedy), Request(PROMPTS[1], sampled)]))
+    assert rows[0]["token_ids"] == generate(model, tok, [PROMPTS[0]], greedy)[0][0].token_ids
+    assert rows[1]["token_ids"] == generate(model, tok, [PROMPTS[1]], sampled)[0][0].token_ids
+    assert [len(rows[0]["token_ids"]), len(rows[1]["token_ids"])] == [6, 9]
+
+
+@pytest.mark.parametrize("config", [
+    GenerationConfig(max_new_tokens=15, logprobs=2),
+    GenerationConfig(max_new_tokens=15, stop=["<5", "9>"]),
+    GenerationConfig(max_new_tokens=15, decode_strategy="sampling", seed=11, num_return_sequences=2, stop=["<7"]),
+])
+def test_stream_deltas_add_up_to_generate(model, config):
+    tok = ByteTokenizer()
+    finished = [s for seqs in generate(model, tok, PROMPTS, config) for s in seqs]
+    rows = collect(stream(model, tok, [Request(p, config) for p in PROMPTS]))
+    assert sorted(rows) == list(range(len(finished)))
+    for i, seq in enumerate(finished):
+        row = rows[i]
+        assert (row["text"], row["token_ids"], row["finishes"], row["after_finish"]) == \
+            (seq.text, seq.token_ids, [seq.finish_reason], 0)
+        assert row["logprobs"] == seq.token_logprobs
+        for s in config.stop:
+            assert s not in row["text"]
+
+
+def test_stop_strings_cut_text_and_tokens(model):
+    tok = ByteTokenizer()
+    free = generate(model, tok, [PROMPTS[0]], GenerationConfig(max_new_tokens=12))[0][0]
+    # a stop string made of the end of one `<id>` token and the start of the next
+    i = next(i for i in range(2, 11) if min(free.token_ids[i:i + 2]) >= 256)
+    stop = tok.decode([free.token_ids[i]])[-2:] + tok.decode([free.token_ids[i + 1]])[:2]
+    expected_text = free.text[:free.text.find(stop)]
+    stopped = generate(model, tok, [PROMPTS[0]], GenerationConfig(max_new_tokens=12, stop=[stop]))[0][0]
+    assert (stopped.text, stopped.finish_reason) == (expected_text, "stop")
+    # tokens whose text lies wholly before the stop string; the straddling one is dropped
+    kept = max(n for n in range(13) if expected_text.startswith(tok.decode(free.token_ids[:n])))
+    assert stopped.token_ids == free.token_ids[:kept]
+    assert stopped.token_logprobs == pytest.approx(free.token_logprobs[:kept], abs=1e-5)
+
+
+def test_eos_ends_a_row_and_counts_in_the_score(model):
+    free = generate(model, ByteTokenizer(), [PROMPTS[1]], GenerationConfig(max_new_tokens=8))[0][0]
+    at = next(i for i, t in enumerate(free.token_ids) if i >= 2 and t not in free.token_ids[:i])
+    eos = free.token_ids[at]
+    seq = generate(model, ByteTokenizer(eos_token_id=eos), [PROMPTS[1]], GenerationConfig(max_new_tokens=8))[0][0]
+    assert (seq.token_ids, seq.finish_reason) == (free.token_ids[:at], "stop")
+    assert seq.score == pytest.approx(sum(free.token_logprobs[:at + 1]), abs=1e-4)
+
+    banned = generate(model, ByteTokenizer(eos_token_id=eos), [PROMPTS[1]],
+                      GenerationConfig(max_new_tokens=8, min_new_tokens=at + 2))[0][0]
+    assert eos not in banned.token_ids[:at + 2]
+    assert len(banned.token_ids) >= at + 2
+
+
+def test_repetition_penalty_follows_ctrl_on_full_forward_logits(model):
+    penalty = 1.8
+    prompt = [1, 2, 3, 4, 5]                     # unpenalized, the tiny model loops from here
+    free = generate(model, ByteTokenizer(), [prompt], GenerationConfig(max_new_tokens=20))[0][0]
+    assert len(set(free.token_ids)) < 20
+    seq = generate(model, ByteTokenizer(), [prompt], GenerationConfig(max_new_tokens=20,
+                                                                      repetition_penalty=penalty))[0][0]
+    assert seq.token_ids != free.token_ids
+    with paddle.no_grad():
+        logits = model(paddle.to_tensor(np.array([prompt + seq.token_ids]))).numpy()[0]
+    for step, token in enumerate(seq.token_ids):
+        scores = logits[len(prompt) - 1 + step].copy()
+        for seen in set(prompt + seq.token_ids[:step]):
+            scores[seen] = scores[seen] * penalty if scores[seen] < 0 else scores[seen] / penalty
+        assert token == int(np.argmax(scores))
+
+
+def test_seeded_sampling_is_reproducible_and_independent_of_the_batch(model):
+    tok = ByteTokenizer()
+    config = GenerationConfig(max_new_tokens=10, decode_strategy="sampling", top_p=0.9, seed=5, num_return_sequences=2)
+    alone = generate(model, tok, [PROMPTS[0]], config)[0]
+    again = generate(model, tok, [PROMPTS[0]], config)[0]
+    other = GenerationConfig(max_new_tokens=4, decode_strategy="sampling", temperature=1.3, seed=9)
+    rows = collect(stream(model, tok, [Request(PROMPTS[1], other), Request(PROMPTS[0], config)]))
+    assert [s.token_ids for s in alone] == [s.token_ids for s in again] == [rows[1]["token_ids"], rows[2]["token_ids"]]
+    assert alone[0].token_ids != alone[1].token_ids
+    reseeded = generate(model, tok, [PROMPTS[0]], replace(config, seed=6))[0]
+    assert reseeded[0].token_ids != alone[0].token_ids
+
+
+def test_temperature_zero_sampling_is_greedy(model):
+    tok = ByteTokenizer()
+    greedy = generate(model, tok, [PROMPTS[0]], GenerationConfig(max_new_tokens=8))[0][0]
+    cold = generate(model, tok, [PROMPTS[0]], GenerationConfig(max_new_tokens=8, decode_strategy="sampling",
+                                                                temperature=0))[0][0]
+    assert cold.token_ids == greedy.token_ids
+
+
+def test_a_batch_longer_than_the_context_drops_shared_padding(model):
+    tok = ByteTokenizer()
+    rng = np.random.default_rng(0)
+    long_prompt = rng.integers(0, VOCAB, 100).tolist()          # 100 + 20 fits 128
+    short_prompt = [1, 2, 3, 4, 5]                              # 5 + 100 fits 128, padded 100 + 100 does not
+    requests = [Request(long_prompt, GenerationConfig(max_new_tokens=20)),
+                Request(short_prompt, GenerationConfig(max_new_tokens=100))]
+    rows = collect(stream(model, tok, requests))
+    for request, row in zip(requests, rows.values()):
+        alone = generate(model, tok, [request.prompt_ids], request.config)[0][0]
+        assert row["token_ids"] == alone.token_ids
+
+
+def test_cancelled_rows_leave_the_batch_at_once(model):
+    spy = Recording(model)
+    config = GenerationConfig(max_new_tokens=8)
+    run = stream(spy, ByteTokenizer(byte_ids=0), [Request(PROMPTS[0], config), Request(PROMPTS[1], config)])
+    seen = []
+    for event in run:
+        seen.append(event.index)
+        if len(seen) == 2:                       # both rows' first tokens are out
+            run.cancel(0)
+    assert seen[:2] == [0, 1] and set(seen[2:]) == {1}
+    assert spy.shapes[0] == (2, 9) and spy.shapes[1:] == [(1, 1)] * 7
+
+
+def test_finished_rows_leave_the_batch(model):
+    spy = Recording(model)
+    rows = collect(stream(spy, ByteTokenizer(), [Request(PROMPTS[0], GenerationConfig(max_new_tokens=2)),
+                                                  Request(PROMPTS[1], GenerationConfig(max_new_tokens=5))]))
+    assert [r["finishes"] for r in rows.values()] == [["length"], ["length"]]
+    assert [s[0] for s in spy.shapes] == [2, 2, 1, 1, 1]
+
+
+@pytest.mark.parametrize("requests, message", [
+    ([Request([1] * 100, GenerationConfig(max_new_tokens=29))], "max_position_embeddings"),
+    ([Request([], GenerationConfig())], "empty"),
+    ([Request([1, VOCAB], GenerationConfig())], r"prompt_ids\[1\]"),
+    ([Request([1, 2], GenerationConfig(decode_strategy="beam_search", num_beams=2))], "beam search"),
+    ([Request([1, 2], GenerationConfig(top_p=0))], "top_p"),
+])
+def test_bad_requests_are_refused_before_generating(model, requests, message):
+    with pytest.raises(ValueError, match=message):
+        stream(model, ByteTokenizer(), requests)
+
+
+def test_generate_checks_prompts_too(model):
+    with pytest.raises(ValueError, match=r"prompt_ids\[1\].*max_position_embeddings"):
+        generate(model, ByteTokenizer(), [[1, 2], [1] * 120], GenerationConfig(max_new_tokens=10))
+    with pytest.raises(ValueError, match=r"prompt_ids\[0\]"):
+        generate(model, ByteTokenizer(), [5], GenerationConfig())
+
+
+# -- processors ----------------------------------------------------------------
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_scores():
+    logits = np.array([[2.0, -2.0, 3.0], [2.0, -2.0, 3.0]], dtype=np.float32)
+    seen = np.array([[True, True, False], [True, True, False]])
+    apply_repetition_penalty(logits, seen, np.array([2.0, 1.0]))
+    assert logits.tolist() == [[1.0, -4.0, 3.0], [2.0, -2.0, 3.0]]
+
+
+def draws(scores, n=2000, **options):
+    rng = np.random.default_rng(0)
+    options = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, **options}
+    with np.errstate(divide="ignore"):                      # log(0) = -inf bans a token
+        logits = np.log(np.array(scores))
+    return np.bincount([sample_token(logits, rng=rng, **options) for _ in range(n)],
+                       minlength=len(scores))
+
+
+def test_top_k_keeps_the_k_best():
+    counts = draws([0.1, 0.3, 0.05, 0.25, 0.3], top_k=3)
+    assert counts[[0, 2]].sum() == 0 and (counts[[1, 3, 4]] > 0).all()
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    counts = draws([0.1, 0.4, 0.2, 0.3], top_p=0.65)          # 0.4 + 0.3 is the first to reach 0.65
+    assert counts[[0, 2]].sum() == 0
+    assert counts[1] / counts[3] == pytest.approx(4 / 3, rel=0.15)
+    assert (draws([0.1, 0.4, 0.2, 0.3], top_p=0.01) == [0, 2000, 0, 0]).all()
+
+
+def test_top_p_works_past_a_few_hundred_candidates():
+    probs = np.linspace(2.0, 1.0, 300)[np.random.default_rng(1).permutation(300)]
+    probs /= probs.sum()
+    ranked = np.argsort(-probs)
+    size = int(np.argmax(np.cumsum(probs[ranked]) >= 0.9)) + 1      # about 260 of 300
+    counts = draws(probs, n=3000, top_p=0.9)
+    assert counts[ranked[size:]].sum() == 0 and (counts[ranked[:size]] > 0).sum() > 200
+
+
+def test_temperature_sharpens_and_flattens():
+    probs = [0.2, 0.8]
+    assert draws(probs, temperature=0.25)[0] < draws(probs)[0] < draws(probs, temperature=4.0)[0]
+
+
+def test_sampling_never_draws_a_banned_token():
+    assert draws([0.0, 0.5, 0.0, 0.5])[[0, 2]].sum() == 0
+
+
+def test_top_alternatives_are_the_most_likely_first():
+    logprobs = np.log(np.array([0.1, 0.5, 0.15, 0.25]))
+    top = top_alternatives(logprobs, 3, lambda t: "abcd"[t])
+    assert list(top) == ["b", "d", "c"] and top["b"] == pytest.approx(np.log(0.5))
+
+
+# -- config ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value", [
+    ("top_p", 0.0), ("top_p", 1.5), ("temperature", -0.1), ("max_new_tokens", 0), ("max_new_tokens", 2.5),
+    ("decode_strategy", "nucleus"), ("num_beams", 0), ("repetition_penalty", 0.0), ("top_k", -1),
+    ("min_new_tokens", -1), ("stop", "\n"), ("stop", [""]), ("logprobs", -1), ("num_return_sequences", 0),
+    ("temperature", float("nan")), ("seed", "7"),
+])
+def test_validate_names_the_bad_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        GenerationConfig(**{field: value}).validate()
+
+
+def test_validate_checks_beam_options_together():
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        GenerationConfig(decode_strategy="beam_search", num_beams=2, num_return_sequences=3).validate()
+    with pytest.raises(ValueError, match="num_beams"):
+        GenerationConfig(decode_strategy="sampling", num_beams=4).validate()
+    GenerationConfig(decode_strategy="beam_search", num_beams=4, num_return_sequences=4).validate()
+
+
+def test_real_tokenizer_never_gets_ids_past_its_vocabulary():
+    from codegen.tokenizer import codegen_tokenizer
+    tokenizer = codegen_tokenizer()
+    model = tiny_model(vocab=51200)                 # CodeGen pads its embedding past the 50295 tokens
+    prompt = tokenizer.encode("def fib(n):\n    ")
+    config = GenerationConfig(max_new_tokens=60, decode_strategy="sampling", seed=0,
+                              num_return_sequences=4, stop=["\n\n"])
+    rows = collect(stream(model, tokenizer, [Request(prompt, config)]))
+    for row, seq in zip(rows.values(), generate(model, tokenizer, [prompt], config)[0]):
+        assert max(seq.token_ids) < len(tokenizer)
+        assert seq.text.startswith(tokenizer.decode(seq.token_ids)) and "\n\n" not in seq.text
+        assert (row["text"], row["token_ids"]) == (seq.text, seq.token_ids)

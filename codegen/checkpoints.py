@@ -156,6 +156,16 @@ def save_model(model, model_dir, tokenizer=None) -> Path:
     return model_dir
 
 
+def init_random_codegen(model_dir, seed: int = 0, **config) -> Path:
+    """A randomly initialised CodeGen with the CodeGen tokenizer, in our format: the
+    starting point for training from scratch, and a stand-in model for demos and tests."""
+    import paddle
+    from .models.codegen import CodeGenConfig, CodeGenForCausalLM
+    from .tokenizer import codegen_tokenizer
+    paddle.seed(seed)
+    return save_model(CodeGenForCausalLM(CodeGenConfig(**config)), model_dir, codegen_tokenizer())
+
+
 def _write_config(model_dir: Path, config: dict):
     (model_dir / CONFIG_FILE).write_text(json.dumps({**config, "format": FORMAT}, indent=1) + "\n")
 

@@ -1,4 +1,4 @@
-"""The `codegen` command: generate, convert, serve, eval."""
+"""The `codegen` command: generate, convert, init, serve, eval."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +32,29 @@ def _convert(args):
     from .checkpoints import convert
     dst = convert(args.src, args.dst, config_path=args.config)
     print(f"converted {args.src} -> {dst}")
+
+
+def _init(args):
+    from dataclasses import asdict
+    from .checkpoints import init_random_codegen
+    from .models import PUBLIC_CONFIGS
+    if args.like not in PUBLIC_CONFIGS or PUBLIC_CONFIGS[args.like].model_type != "codegen":
+        raise ValueError(f"--like must name a public CodeGen checkpoint, e.g. Salesforce/codegen-350M-mono; "
+                         f"got {args.like!r}")
+    config = asdict(PUBLIC_CONFIGS[args.like])
+    config.update({k: v for k, v in vars(args).items() if k in config and v is not None})
+    dst = init_random_codegen(args.dst, seed=args.seed, **config)
+    print(f"wrote a randomly initialised CodeGen to {dst}")
+
+
+def _add_init(sub):
+    p = sub.add_parser("init", help="write a randomly initialised CodeGen (to train from scratch)")
+    p.add_argument("dst", help="output directory")
+    p.add_argument("--like", default="Salesforce/codegen-350M-mono", help="public config to start from")
+    for name in ("n_embd", "n_layer", "n_head", "rotary_dim", "n_positions"):
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_init)
 
 
 def _add_generate(sub):
@@ -78,6 +101,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_convert(sub)
+    _add_init(sub)
     _add_serve(sub)
     args = parser.parse_args(argv)
     try:

@@ -9,28 +9,18 @@ import sys
 import tempfile
 
 from codegen import Taskflow
-from codegen.checkpoints import resolve_model_dir
+from codegen.checkpoints import init_random_codegen, resolve_model_dir
 from codegen.predictor import DEFAULT_MODEL
 
 PROMPT = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"
-
-
-def tiny_random_model(directory: str) -> str:
-    import paddle
-    from codegen.checkpoints import save_model
-    from codegen.models.codegen import CodeGenConfig, CodeGenForCausalLM
-    from codegen.tokenizer import codegen_tokenizer
-
-    paddle.seed(0)
-    config = CodeGenConfig(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=512)
-    return str(save_model(CodeGenForCausalLM(config), directory, codegen_tokenizer()))
 
 
 def main():
     try:
         model = str(resolve_model_dir(DEFAULT_MODEL))
     except FileNotFoundError:
-        model = tiny_random_model(tempfile.mkdtemp(prefix="codegen-demo-"))
+        model = str(init_random_codegen(tempfile.mkdtemp(prefix="codegen-demo-"), n_embd=64, n_layer=2,
+                                        n_head=4, rotary_dim=8, n_positions=512))
         print(f"NOTE: {DEFAULT_MODEL} is not converted on this machine, so this demo runs a tiny "
               f"RANDOMLY INITIALISED CodeGen built at {model}: the pipeline is real, the text is noise.",
               file=sys.stderr)

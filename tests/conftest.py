@@ -8,14 +8,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def make_tiny_codegen(directory: Path, seed: int = 0, n_positions: int = 256) -> Path:
     """A randomly initialised CodeGen with the real tokenizer, in our checkpoint format."""
-    import paddle
-    from codegen.checkpoints import save_model
-    from codegen.models.codegen import CodeGenConfig, CodeGenForCausalLM
-    from codegen.tokenizer import codegen_tokenizer
-
-    paddle.seed(seed)
-    config = CodeGenConfig(vocab_size=51200, n_positions=n_positions, n_embd=32, n_layer=2, n_head=4, rotary_dim=4)
-    return save_model(CodeGenForCausalLM(config), directory, codegen_tokenizer())
+    from codegen.checkpoints import init_random_codegen
+    return init_random_codegen(directory, seed=seed, vocab_size=51200, n_positions=n_positions, n_embd=32,
+                               n_layer=2, n_head=4, rotary_dim=4)
 
 
 @pytest.fixture(scope="session")

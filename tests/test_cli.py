@@ -43,3 +43,15 @@ def test_errors_are_one_line_not_tracebacks(tmp_path, tiny_model_dir):
     assert empty.returncode == 2 and "empty" in empty.stderr
     junk = codegen("convert", tmp_path, tmp_path / "out")
     assert junk.returncode == 2 and "not a recognised checkpoint" in junk.stderr
+
+
+def test_init_writes_a_model_that_generates(tmp_path):
+    made = codegen("init", tmp_path / "m", "--n-embd", 32, "--n-layer", 1, "--n-head", 4, "--rotary-dim", 4,
+                   "--n-positions", 64)
+    assert made.returncode == 0, made.stderr
+    from codegen.checkpoints import load_model
+    model = load_model(tmp_path / "m")
+    assert (model.config.n_embd, model.config.n_layer, model.config.vocab_size) == (32, 1, 51200)
+    assert codegen("generate", "x", "--model", tmp_path / "m", "--max-length", 3).returncode == 0
+    bad = codegen("init", tmp_path / "b", "--like", "THUDM/codegeex-13b")
+    assert bad.returncode == 2 and "--like" in bad.stderr

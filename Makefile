@@ -17,4 +17,5 @@ demo: $(BIN)/.installed
 	$(BIN)/python examples/demo.py
 
 test: $(BIN)/.installed
+	bash tools/install_eval_toolchains.sh
 	$(BIN)/python -m pytest -q tests

@@ -103,6 +103,8 @@ def main(argv=None):
     _add_convert(sub)
     _add_init(sub)
     _add_serve(sub)
+    from .evaluation.cli import add_eval_subcommands
+    add_eval_subcommands(sub)
     args = parser.parse_args(argv)
     try:
         status = args.func(args)

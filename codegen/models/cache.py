@@ -1,4 +1,4 @@
-"""A key/value cache allocated once per generation.
+"""A key/value cache allocated once per generation, and the masked attention over it.
 
 Both architectures write each new step's keys and values into preallocated
 buffers instead of concatenating, so a decode step touches fixed shapes and a
@@ -6,7 +6,10 @@ compiled step can replace the eager one without changing callers.
 """
 from __future__ import annotations
 
+import math
+
 import paddle
+import paddle.nn.functional as F
 
 
 class KVCache:
@@ -94,3 +97,15 @@ def position_ids_from_mask(attention_mask: paddle.Tensor, num_new: int) -> paddl
     positions = paddle.cumsum(attention_mask.astype("int64"), axis=1) - 1
     positions = paddle.clip(positions, min=0)
     return positions[:, -num_new:]
+
+
+def attend(query: paddle.Tensor, key: paddle.Tensor, value: paddle.Tensor, bias: paddle.Tensor) -> paddle.Tensor:
+    """Scaled dot-product attention of [batch, heads, seq, head_dim] tensors -> [batch, seq, heads * head_dim].
+
+    Scores and softmax are float32 whatever the weights' dtype, as both reference models do.
+    """
+    scores = paddle.matmul(query.astype("float32"), key.astype("float32"), transpose_y=True)
+    scores = scores / math.sqrt(query.shape[-1]) + bias
+    probs = F.softmax(scores, axis=-1).astype(value.dtype)
+    out = paddle.matmul(probs, value).transpose([0, 2, 1, 3])
+    return out.reshape([out.shape[0], out.shape[1], -1])

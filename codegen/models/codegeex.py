@@ -13,7 +13,6 @@ KV cache.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import paddle
@@ -21,7 +20,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .config_io import ConfigDict
-from .cache import KVCache, attention_bias, full_attention_mask, position_ids_from_mask
+from .cache import KVCache, attend, attention_bias, full_attention_mask, position_ids_from_mask
 
 
 @dataclass
@@ -79,18 +78,12 @@ class CodeGeeXAttention(nn.Layer):
         return x.reshape([x.shape[0], x.shape[1], c.num_attention_heads, c.head_dim]).transpose([0, 2, 1, 3])
 
     def forward(self, query_input, kv_input, bias, cache: KVCache | None, layer_index: int):
-        c = self.config
         query = self._heads(self.query(query_input))
         key = self._heads(self.key(kv_input))
         value = self._heads(self.value(kv_input))
         if cache is not None:
             key, value = cache.update(layer_index, key, value)
-        # scores and softmax in fp32 whatever the weights' dtype, as the reference does
-        scores = paddle.matmul(query.astype("float32"), key.astype("float32"), transpose_y=True)
-        scores = scores / math.sqrt(c.head_dim) + bias
-        probs = F.softmax(scores, axis=-1).astype(value.dtype)
-        out = paddle.matmul(probs, value).transpose([0, 2, 1, 3])
-        return self.dense(out.reshape([out.shape[0], out.shape[1], c.hidden_size]))
+        return self.dense(attend(query, key, value, bias))
 
 
 class CodeGeeXMLP(nn.Layer):

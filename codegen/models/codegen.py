@@ -8,7 +8,6 @@ reshuffle.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import paddle
@@ -16,7 +15,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .config_io import ConfigDict
-from .cache import KVCache, attention_bias, full_attention_mask, position_ids_from_mask
+from .cache import KVCache, attend, attention_bias, full_attention_mask, position_ids_from_mask
 
 # Salesforce trained on TPU v4 with 4-way model parallelism and kept that
 # sharding in the fused projection: each of MP_NUM shards holds [query | value | key].
@@ -133,12 +132,7 @@ class CodeGenAttention(nn.Layer):
         query, key, value = (t.transpose([0, 2, 1, 3]) for t in (query, key, value))
         if cache is not None:
             key, value = cache.update(layer_index, key, value)
-        # scores and softmax in fp32 whatever the weights' dtype, as the reference does
-        scores = paddle.matmul(query.astype("float32"), key.astype("float32"), transpose_y=True)
-        scores = scores / math.sqrt(c.head_dim) + bias
-        probs = F.softmax(scores, axis=-1).astype(value.dtype)
-        out = paddle.matmul(probs, value).transpose([0, 2, 1, 3])
-        return self.out_proj(out.reshape([out.shape[0], out.shape[1], c.n_embd]))
+        return self.out_proj(attend(query, key, value, bias))
 
 
 class CodeGenMLP(nn.Layer):

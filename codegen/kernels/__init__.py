@@ -1,0 +1,154 @@
+"""CPU kernels Paddle lacks, compiled on first use and cached.
+
+`load()` returns the loaded `Kernels` or None when they cannot be built here
+(no compiler, no AVX2, a build error); callers then take the plain path. The
+build (about 20 s) happens once per source/compiler/CPU combination: the
+shared library is kept under $CODEGEN_HOME/kernels (default
+~/.cache/codegen/kernels) keyed by a hash of everything that went into it,
+and later processes only load it (well under a second).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import platform
+import threading
+import warnings
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_HERE = Path(__file__).resolve().parent
+_SOURCES = ("ops.cc", "matvec.h", "simd.h")
+_CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
+_LD_FLAGS = ["-fopenmp"]
+
+_lock = threading.Lock()
+_loaded: "Kernels | None" = None
+_failed = False
+
+
+def build_dir() -> Path:
+    home = Path(os.environ.get("CODEGEN_HOME", Path.home() / ".cache" / "codegen"))
+    return home / "kernels"
+
+
+def _cpu_flags() -> str:
+    # -march=native bakes in this CPU's instruction set: a copied cache dir on
+    # another CPU must rebuild, not crash with an illegal instruction
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _build_key() -> str:
+    import paddle
+    digest = hashlib.sha256()
+    for name in _SOURCES:
+        digest.update((_HERE / name).read_bytes())
+    for part in (paddle.__version__, " ".join(_CXX_FLAGS + _LD_FLAGS), _cpu_flags(), platform.machine()):
+        digest.update(part.encode())
+    return digest.hexdigest()[:16]
+
+
+class Kernels:
+    """The compiled operators as Python callables (eager mode, CPU tensors)."""
+
+    def __init__(self, library: Path):
+        from paddle import _C_ops
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # paddle's builder module warns about ccache on import
+            from paddle.utils.cpp_extension import load_op_meta_info_and_register_op
+
+        load_op_meta_info_and_register_op(str(library))
+        self._run = _C_ops._run_custom_op
+        self.library = library
+
+    def weight_only_linear(self, x, weight, scale=None, bias=None):
+        """x [..., in] fp32 @ weight [out, in]^T (* scale per row) + bias -> [..., out] fp32."""
+        return self._run("codegen_weight_only_linear", x, weight, scale, bias)[0]
+
+    def dequantize(self, weight, scale=None):
+        """weight [out, in] of any stored format (* scale per row) as fp32 [out, in]."""
+        return self._run("codegen_dequantize", weight, scale)[0]
+
+    def pack_weight(self, weight_in_out, dtype):
+        """A Linear weight [in, out] fp32 as `dtype` [out, in] and per-row scales [out]
+        (int8: symmetric absmax / 127; ones otherwise)."""
+        packed, scale = self._run("codegen_pack_weight", weight_in_out, dtype)
+        return packed, scale
+
+    def read_bandwidth(self, buffer):
+        """Sum of a float32 buffer read by all threads (time it for the memory bandwidth)."""
+        return self._run("codegen_read_bandwidth", buffer)[0]
+
+    def decoder_layer(self, x, ln_weight, ln_bias, qkv, out, fc_in, fc_out, key_cache, value_cache,
+                      attention_mask, sin, cos, *, past, num_heads, rotary_dim, mp_num, eps):
+        """One CodeGen block for the new tokens x [b, s, embd] fp32; returns its output.
+
+        qkv/out/fc_in/fc_out are `WeightOnlyLinear`s (qkv and out without bias). The new
+        tokens' keys/values are written into the float32 caches [b, heads, max_len, head_dim]
+        at position `past`; `attention_mask` is None or int64 [b, past + s]; sin/cos are
+        the rotary tables [positions, rotary_dim / 2].
+        """
+        return self._run("codegen_decoder_layer", x, ln_weight, ln_bias,
+                         qkv.weight, qkv.weight_scale, out.weight, out.weight_scale,
+                         fc_in.weight, fc_in.weight_scale, fc_in.bias, fc_out.weight, fc_out.weight_scale,
+                         fc_out.bias, key_cache, value_cache, attention_mask, sin, cos,
+                         int(past), int(num_heads), int(rotary_dim), int(mp_num), float(eps))[0]
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    # two processes starting at once (tests, a server) must not both write the library
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _library_path(root: Path, name: str) -> Path:
+    return root / name / f"{name}.so"
+
+
+def _build(root: Path, name: str) -> Path:
+    logger.warning("compiling codegen's CPU kernels into %s (once per machine, ~20 s)", root / name)
+    # paddle's builder warns about ccache and prints progress: noise for our users
+    with contextlib.redirect_stdout(None), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from paddle.utils.cpp_extension import load as build_extension
+        build_extension(name=name, sources=[str(_HERE / "ops.cc")], extra_cxx_cflags=_CXX_FLAGS,
+                        extra_ldflags=_LD_FLAGS, build_directory=str(root), verbose=False)
+    return _library_path(root, name)
+
+
+def load() -> Kernels | None:
+    """The kernels, building them on first use; None (after one warning) if that fails."""
+    global _loaded, _failed
+    with _lock:
+        if _loaded is not None or _failed:
+            return _loaded
+        try:
+            root = build_dir()
+            name = f"codegen_kernels_{_build_key()}"
+            library = _library_path(root, name)
+            if not library.is_file():
+                with _file_lock(root / f"{name}.lock"):
+                    if not library.is_file():
+                        library = _build(root, name)
+            _loaded = Kernels(library)
+        except Exception as e:  # any build or load failure means: run without them
+            _failed = True
+            warnings.warn(f"codegen's fast CPU kernels are unavailable ({type(e).__name__}: {e}); "
+                          f"using the plain Paddle path, which is slower", RuntimeWarning, stacklevel=2)
+        return _loaded

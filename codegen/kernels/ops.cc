@@ -1,0 +1,622 @@
+// Paddle custom operators for fast CPU inference.
+//
+//   codegen_weight_only_linear  y = x @ W^T * scale + bias, W stored fp32/bf16/fp16/int8
+//   codegen_dequantize          W * scale as fp32, for large batches that go to paddle.matmul
+//   codegen_pack_weight         a paddle.nn.Linear weight [in, out] -> [out, in] int8/bf16/fp16/fp32
+//   codegen_decoder_layer       one whole CodeGen block for a few new tokens, KV cache in place
+//   codegen_read_bandwidth      sums a buffer with all threads: the memory roofline probe
+//
+// Threads: OpenMP, as many as omp_get_max_threads() (OMP_NUM_THREADS).
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "gemm.h"
+#include "matvec.h"
+#include "paddle/extension.h"
+
+namespace {
+
+using kern::WeightFormat;
+using kern::WeightMatrix;
+
+WeightFormat format_of(const paddle::Tensor& w) {
+  switch (w.dtype()) {
+    case paddle::DataType::FLOAT32: return WeightFormat::kFloat32;
+    case paddle::DataType::BFLOAT16: return WeightFormat::kBFloat16;
+    case paddle::DataType::FLOAT16: return WeightFormat::kFloat16;
+    case paddle::DataType::INT8: return WeightFormat::kInt8;
+    default: PD_THROW("weights must be float32, bfloat16, float16 or int8, got ", w.dtype());
+  }
+}
+
+void check_cpu_contiguous(const paddle::Tensor& t, const char* name) {
+  PD_CHECK(t.is_cpu(), name, " must be on the CPU");
+  PD_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+void check_float32(const paddle::Tensor& t, const char* name) {
+  check_cpu_contiguous(t, name);
+  PD_CHECK(t.dtype() == paddle::DataType::FLOAT32, name, " must be float32, got ", t.dtype());
+}
+
+WeightMatrix weight_matrix(const paddle::Tensor& w, const paddle::optional<paddle::Tensor>& scale,
+                           const char* name) {
+  check_cpu_contiguous(w, name);
+  PD_CHECK(w.shape().size() == 2, name, " must be 2-D [out, in]");
+  WeightMatrix m{w.data(), format_of(w), nullptr, w.shape()[0], w.shape()[1]};
+  if (m.format == WeightFormat::kInt8) {
+    PD_CHECK(scale.is_initialized(), name, " is int8 and needs its per-row scales");
+    check_float32(*scale, name);
+    PD_CHECK(scale->numel() == m.rows, name, " has ", m.rows, " rows but ", scale->numel(), " scales");
+    m.scale = scale->data<float>();
+  }
+  return m;
+}
+
+// ---- weight-only linear ------------------------------------------------------
+
+// Up to this many activation rows, reading each weight once (matvec) wins; beyond
+// it the weights are reused from cache and the register-blocked GEMM wins.
+constexpr int64_t kMatvecMaxRows = 16;
+
+std::vector<paddle::Tensor> WeightOnlyLinear(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                             const paddle::optional<paddle::Tensor>& scale,
+                                             const paddle::optional<paddle::Tensor>& bias) {
+  check_float32(x, "x");
+  const WeightMatrix w = weight_matrix(weight, scale, "weight");
+  const int64_t k = x.shape().back();
+  PD_CHECK(k == w.cols, "x has ", k, " features, the weight expects ", w.cols);
+  const int64_t num_x = x.numel() / k;
+  const float* b = nullptr;
+  if (bias) {
+    check_float32(*bias, "bias");
+    PD_CHECK(bias->numel() == w.rows, "bias has ", bias->numel(), " entries, expected ", w.rows);
+    b = bias->data<float>();
+  }
+  std::vector<int64_t> out_shape = x.shape();
+  out_shape.back() = w.rows;
+  auto y = paddle::empty(out_shape, paddle::DataType::FLOAT32, x.place());
+  const float* xp = x.data<float>();
+  float* yp = y.data<float>();
+  if (num_x <= kMatvecMaxRows) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t c = 0; c < kern::row_chunks(w.rows); ++c) {
+      const int64_t r0 = c * kern::kChunkRows, r1 = std::min(r0 + kern::kChunkRows, w.rows);
+      kern::matvec_rows(w, xp, num_x, yp, w.rows, r0, r1);
+    }
+  } else {
+#pragma omp parallel
+    {
+      std::vector<float> panel(kern::kDepth * kern::kPanel);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t p = 0; p < kern::gemm_panel_count(w); ++p) kern::gemm_panel(w, xp, num_x, yp, w.rows, p, panel.data());
+    }
+  }
+  if (b)
+    for (int64_t m = 0; m < num_x; ++m)
+      for (int64_t r = 0; r < w.rows; ++r) yp[m * w.rows + r] += b[r];
+  return {y};
+}
+
+std::vector<std::vector<int64_t>> WeightOnlyLinearShape(const std::vector<int64_t>& x,
+                                                        const std::vector<int64_t>& w,
+                                                        const paddle::optional<std::vector<int64_t>>&,
+                                                        const paddle::optional<std::vector<int64_t>>&) {
+  std::vector<int64_t> out = x;
+  out.back() = w[0];
+  return {out};
+}
+
+// ---- dequantize --------------------------------------------------------------
+
+template <class Fmt>
+void dequantize_rows(const WeightMatrix& w, float* out, int64_t r0, int64_t r1) {
+  const auto* data = static_cast<const typename Fmt::T*>(w.data);
+  for (int64_t r = r0; r < r1; ++r) {
+    const float s = w.scale ? w.scale[r] : 1.0f;
+    for (int64_t c = 0; c < w.cols; ++c) out[r * w.cols + c] = s * Fmt::scalar(data[r * w.cols + c]);
+  }
+}
+
+std::vector<paddle::Tensor> Dequantize(const paddle::Tensor& weight, const paddle::optional<paddle::Tensor>& scale) {
+  const WeightMatrix w = weight_matrix(weight, scale, "weight");
+  auto out = paddle::empty({w.rows, w.cols}, paddle::DataType::FLOAT32, weight.place());
+  float* o = out.data<float>();
+#pragma omp parallel
+  {
+    const int threads = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t r0 = w.rows * id / threads, r1 = w.rows * (id + 1) / threads;
+    switch (w.format) {
+      case WeightFormat::kFloat32: dequantize_rows<kern::F32>(w, o, r0, r1); break;
+      case WeightFormat::kBFloat16: dequantize_rows<kern::BF16>(w, o, r0, r1); break;
+      case WeightFormat::kFloat16: dequantize_rows<kern::FP16>(w, o, r0, r1); break;
+      case WeightFormat::kInt8: dequantize_rows<kern::I8>(w, o, r0, r1); break;
+    }
+  }
+  return {out};
+}
+
+std::vector<std::vector<int64_t>> DequantizeShape(const std::vector<int64_t>& w,
+                                                  const paddle::optional<std::vector<int64_t>>&) {
+  return {w};
+}
+
+// ---- packing a paddle.nn.Linear weight -------------------------------------------
+
+uint16_t float_to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40);  // quiet NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u);  // round to nearest even
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+// w [in, out] fp32 (paddle's Linear layout) -> [out, in] in `format`, plus per-row
+// int8 scales (ones for other formats). Done here rather than with Paddle ops,
+// whose full-size temporaries would fragment the heap of a process loading a model.
+std::vector<paddle::Tensor> PackWeight(const paddle::Tensor& weight, const std::string& format) {
+  check_float32(weight, "weight");
+  PD_CHECK(weight.shape().size() == 2, "weight must be 2-D [in, out]");
+  const int64_t in = weight.shape()[0], out = weight.shape()[1];
+  const paddle::DataType dtype = format == "int8"       ? paddle::DataType::INT8
+                                 : format == "bfloat16" ? paddle::DataType::BFLOAT16
+                                 : format == "float16"  ? paddle::DataType::FLOAT16
+                                 : format == "float32"  ? paddle::DataType::FLOAT32
+                                                        : paddle::DataType::UNDEFINED;
+  PD_CHECK(dtype != paddle::DataType::UNDEFINED, "format must be int8, bfloat16, float16 or float32, got ", format);
+  auto packed = paddle::empty({out, in}, dtype, weight.place());
+  auto scale = paddle::empty({out}, paddle::DataType::FLOAT32, weight.place());
+  const float* w = weight.data<float>();
+  float* sc = scale.data<float>();
+  void* dst = packed.data();
+  constexpr int64_t kBlock = 64;  // transpose in tiles that stay in L1
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t o0 = 0; o0 < out; o0 += kBlock) {
+    const int64_t o1 = std::min(o0 + kBlock, out);
+    float row_scale[kBlock];
+    for (int64_t o = o0; o < o1; ++o) row_scale[o - o0] = 1.0f;
+    if (dtype == paddle::DataType::INT8) {
+      float absmax[kBlock] = {};
+      for (int64_t i = 0; i < in; ++i)
+        for (int64_t o = o0; o < o1; ++o) absmax[o - o0] = std::max(absmax[o - o0], std::fabs(w[i * out + o]));
+      // an all-zero row would divide by zero; any scale reproduces its zeros
+      for (int64_t o = o0; o < o1; ++o) row_scale[o - o0] = absmax[o - o0] > 0 ? absmax[o - o0] / 127.0f : 1.0f;
+    }
+    for (int64_t o = o0; o < o1; ++o) sc[o] = row_scale[o - o0];
+    for (int64_t i0 = 0; i0 < in; i0 += kBlock) {
+      const int64_t i1 = std::min(i0 + kBlock, in);
+      for (int64_t o = o0; o < o1; ++o) {
+        for (int64_t i = i0; i < i1; ++i) {
+          const float v = w[i * out + o];
+          const int64_t at = o * in + i;
+          switch (dtype) {
+            case paddle::DataType::INT8:
+              static_cast<int8_t*>(dst)[at] =
+                  static_cast<int8_t>(std::max(-127.0f, std::min(127.0f, std::nearbyint(v / row_scale[o - o0]))));
+              break;
+            case paddle::DataType::BFLOAT16: static_cast<uint16_t*>(dst)[at] = float_to_bf16(v); break;
+            case paddle::DataType::FLOAT16: static_cast<uint16_t*>(dst)[at] = _cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT); break;
+            default: static_cast<float*>(dst)[at] = v; break;
+          }
+        }
+      }
+    }
+  }
+  return {packed, scale};
+}
+
+// ---- bandwidth probe ---------------------------------------------------------
+
+std::vector<paddle::Tensor> ReadBandwidth(const paddle::Tensor& buffer) {
+  check_float32(buffer, "buffer");
+  const float* p = buffer.data<float>();
+  const int64_t n = buffer.numel() - buffer.numel() % (4 * simd::kLanes);
+  float total = 0;
+#pragma omp parallel reduction(+ : total)
+  {
+    simd::vf a = simd::zero(), b = simd::zero(), c = simd::zero(), d = simd::zero();
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; i += 4 * simd::kLanes) {
+      a = simd::add(a, simd::load(p + i));
+      b = simd::add(b, simd::load(p + i + simd::kLanes));
+      c = simd::add(c, simd::load(p + i + 2 * simd::kLanes));
+      d = simd::add(d, simd::load(p + i + 3 * simd::kLanes));
+    }
+    total += simd::sum(simd::add(simd::add(a, b), simd::add(c, d)));
+  }
+  auto out = paddle::empty({1}, paddle::DataType::FLOAT32, buffer.place());
+  out.data<float>()[0] = total;
+  return {out};
+}
+
+// ---- decoder layer -----------------------------------------------------------
+
+struct LayerShape {
+  int64_t batch, seq, embd, inner, heads, head_dim, rotary_dim, mp_num, past, cache_len;
+  int64_t tokens() const { return batch * seq; }
+  int64_t total() const { return past + seq; }
+};
+
+void layer_norm(const float* x, const float* w, const float* b, float eps, int64_t n, float* out) {
+  using namespace simd;
+  const int64_t n_vec = n - n % kLanes;
+  vf acc = zero();
+  for (int64_t i = 0; i < n_vec; i += kLanes) acc = add(acc, load(x + i));
+  float mean = sum(acc);
+  for (int64_t i = n_vec; i < n; ++i) mean += x[i];
+  mean /= n;
+  const vf mv = set1(mean);
+  acc = zero();
+  for (int64_t i = 0; i < n_vec; i += kLanes) {
+    const vf d = sub(load(x + i), mv);
+    acc = fma(d, d, acc);
+  }
+  float var = sum(acc);
+  for (int64_t i = n_vec; i < n; ++i) var += (x[i] - mean) * (x[i] - mean);
+  const float inv = 1.0f / std::sqrt(var / n + eps);
+  const vf iv = set1(inv);
+  for (int64_t i = 0; i < n_vec; i += kLanes)
+    store(out + i, fma(mul(sub(load(x + i), mv), iv), load(w + i), load(b + i)));
+  for (int64_t i = n_vec; i < n; ++i) out[i] = (x[i] - mean) * inv * w[i] + b[i];
+}
+
+// GPT-J rotary on the first `r` dims: adjacent pairs (2i, 2i+1) turn by angle i
+void rotate(const float* src, float* dst, int64_t d, int64_t r, const float* sin, const float* cos) {
+  for (int64_t i = 0; i < r / 2; ++i) {
+    const float x0 = src[2 * i], x1 = src[2 * i + 1];
+    dst[2 * i] = x0 * cos[i] - x1 * sin[i];
+    dst[2 * i + 1] = x1 * cos[i] + x0 * sin[i];
+  }
+  std::memcpy(dst + r, src + r, (d - r) * sizeof(float));
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  using namespace simd;
+  const int64_t n_vec = n - n % kLanes;
+  vf acc = zero();
+  for (int64_t i = 0; i < n_vec; i += kLanes) acc = fma(load(a + i), load(b + i), acc);
+  float s = sum(acc);
+  for (int64_t i = n_vec; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// out += p * v
+void axpy(float p, const float* v, float* out, int64_t n) {
+  using namespace simd;
+  const int64_t n_vec = n - n % kLanes;
+  const vf pv = set1(p);
+  for (int64_t i = 0; i < n_vec; i += kLanes) store(out + i, fma(pv, load(v + i), load(out + i)));
+  for (int64_t i = n_vec; i < n; ++i) out[i] += p * v[i];
+}
+
+// exp(x - max) in place; returns the sum
+float softmax_numerators(float* x, int64_t n, float max) {
+  using namespace simd;
+  const int64_t n_vec = n - n % kLanes;
+  const vf mv = set1(max);
+  vf acc = zero();
+  for (int64_t i = 0; i < n_vec; i += kLanes) {
+    const vf e = exp_neg(sub(load(x + i), mv));
+    store(x + i, e);
+    acc = add(acc, e);
+  }
+  float s = sum(acc);
+  for (int64_t i = n_vec; i < n; ++i) s += (x[i] = std::exp(x[i] - max));
+  return s;
+}
+
+// One (sequence, head): rotate the new queries/keys, append keys/values to the
+// cache, attend. `qkv` rows follow the checkpoints' fused layout: mp_num shards
+// of [query | value | key], each holding heads/mp_num heads.
+void attend_head(const LayerShape& s, int64_t b, int64_t h, const float* qkv, const int64_t* positions,
+                 const int64_t* mask, const float* sin_table, const float* cos_table, float* key_cache,
+                 float* value_cache, float* out, std::vector<float>& scratch) {
+  const int64_t d = s.head_dim, e = s.embd, half = s.rotary_dim / 2, total = s.total();
+  const int64_t local = s.heads / s.mp_num, shard = h / local, j = h % local;
+  const int64_t q_off = (shard * 3 * local + j) * d;
+  const int64_t v_off = (shard * 3 * local + local + j) * d;
+  const int64_t k_off = (shard * 3 * local + 2 * local + j) * d;
+  float* keys = key_cache + (b * s.heads + h) * s.cache_len * d;
+  float* values = value_cache + (b * s.heads + h) * s.cache_len * d;
+  scratch.resize(s.seq * d + total);
+  float* queries = scratch.data();
+  float* scores = queries + s.seq * d;
+  for (int64_t i = 0; i < s.seq; ++i) {
+    const int64_t m = b * s.seq + i;
+    const float* row = qkv + m * 3 * e;
+    const float* sn = sin_table + positions[m] * half;
+    const float* cs = cos_table + positions[m] * half;
+    rotate(row + q_off, queries + i * d, d, s.rotary_dim, sn, cs);
+    rotate(row + k_off, keys + (s.past + i) * d, d, s.rotary_dim, sn, cs);
+    std::memcpy(values + (s.past + i) * d, row + v_off, d * sizeof(float));
+  }
+  const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d));
+  for (int64_t i = 0; i < s.seq; ++i) {
+    const int64_t last = s.past + i;  // causal: keys 0..last
+    float* o = out + (b * s.seq + i) * e + h * d;
+    std::memset(o, 0, d * sizeof(float));
+    float max = -INFINITY;
+    int64_t seen = 0;
+    for (int64_t t = 0; t <= last; ++t) {
+      if (mask && !mask[b * total + t]) {
+        scores[t] = -INFINITY;
+        continue;
+      }
+      scores[t] = dot(queries + i * d, keys + t * d, d) * inv_sqrt_d;
+      max = std::max(max, scores[t]);
+      ++seen;
+    }
+    if (seen == 0) {
+      // a padding query sees nothing; the reference's uniform average keeps it finite
+      for (int64_t t = 0; t < total; ++t) axpy(1.0f / total, values + t * d, o, d);
+      continue;
+    }
+    const float denom = softmax_numerators(scores, last + 1, max);
+    const float inv = 1.0f / denom;
+    for (int64_t t = 0; t <= last; ++t)
+      if (scores[t] > 0.0f) axpy(scores[t] * inv, values + t * d, o, d);
+  }
+}
+
+// The same for many new tokens (a prompt): scores and the weighted sum of values
+// go through the blocked GEMM, computing the causal half of the scores too
+// (half wasted, far faster than per-query dot products).
+void attend_head_blocked(const LayerShape& s, int64_t b, int64_t h, const float* qkv, const int64_t* positions,
+                         const int64_t* mask, const float* sin_table, const float* cos_table, float* key_cache,
+                         float* value_cache, float* out, std::vector<float>& scratch) {
+  const int64_t d = s.head_dim, e = s.embd, half = s.rotary_dim / 2, total = s.total(), n = s.seq;
+  const int64_t local = s.heads / s.mp_num, shard = h / local, j = h % local;
+  const int64_t q_off = (shard * 3 * local + j) * d;
+  const int64_t v_off = (shard * 3 * local + local + j) * d;
+  const int64_t k_off = (shard * 3 * local + 2 * local + j) * d;
+  float* keys = key_cache + (b * s.heads + h) * s.cache_len * d;
+  float* values = value_cache + (b * s.heads + h) * s.cache_len * d;
+  scratch.resize(n * d + n * total + d * total + kern::kDepth * kern::kPanel);
+  float* queries = scratch.data();
+  float* scores = queries + n * d;
+  float* values_t = scores + n * total;
+  float* panel = values_t + d * total;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t m = b * n + i;
+    const float* row = qkv + m * 3 * e;
+    const float* sn = sin_table + positions[m] * half;
+    const float* cs = cos_table + positions[m] * half;
+    rotate(row + q_off, queries + i * d, d, s.rotary_dim, sn, cs);
+    rotate(row + k_off, keys + (s.past + i) * d, d, s.rotary_dim, sn, cs);
+    std::memcpy(values + (s.past + i) * d, row + v_off, d * sizeof(float));
+  }
+  const kern::WeightMatrix key_rows{keys, WeightFormat::kFloat32, nullptr, total, d};
+  for (int64_t p = 0; p < kern::gemm_panel_count(key_rows); ++p)
+    kern::gemm_panel(key_rows, queries, n, scores, total, p, panel);
+  const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d));
+  for (int64_t i = 0; i < n; ++i) {
+    float* row = scores + i * total;
+    const int64_t last = s.past + i;
+    float max = -INFINITY;
+    for (int64_t t = 0; t <= last; ++t) {
+      row[t] = (mask && !mask[b * total + t]) ? -INFINITY : row[t] * inv_sqrt_d;
+      max = std::max(max, row[t]);
+    }
+    std::fill(row + last + 1, row + total, 0.0f);
+    if (max == -INFINITY) {  // a padding query: the reference's uniform average
+      std::fill(row, row + total, 1.0f / total);
+      continue;
+    }
+    const float inv = 1.0f / softmax_numerators(row, last + 1, max);
+    for (int64_t t = 0; t <= last; ++t) row[t] *= inv;
+  }
+  for (int64_t t = 0; t < total; ++t)
+    for (int64_t c = 0; c < d; ++c) values_t[c * total + t] = values[t * d + c];
+  const kern::WeightMatrix value_columns{values_t, WeightFormat::kFloat32, nullptr, d, total};
+  for (int64_t p = 0; p < kern::gemm_panel_count(value_columns); ++p)
+    kern::gemm_panel(value_columns, scores, n, out + b * n * e + h * d, e, p, panel);
+}
+
+std::vector<paddle::Tensor> DecoderLayer(
+    const paddle::Tensor& x, const paddle::Tensor& ln_weight, const paddle::Tensor& ln_bias,
+    const paddle::Tensor& qkv_weight, const paddle::optional<paddle::Tensor>& qkv_scale,
+    const paddle::Tensor& out_weight, const paddle::optional<paddle::Tensor>& out_scale,
+    const paddle::Tensor& fc_in_weight, const paddle::optional<paddle::Tensor>& fc_in_scale,
+    const paddle::Tensor& fc_in_bias, const paddle::Tensor& fc_out_weight,
+    const paddle::optional<paddle::Tensor>& fc_out_scale, const paddle::Tensor& fc_out_bias,
+    const paddle::Tensor& key_cache, const paddle::Tensor& value_cache,
+    const paddle::optional<paddle::Tensor>& attention_mask, const paddle::Tensor& sin_table,
+    const paddle::Tensor& cos_table, int64_t past, int num_heads, int rotary_dim, int mp_num, float eps) {
+  check_float32(x, "x");
+  PD_CHECK(x.shape().size() == 3, "x must be [batch, seq, embd]");
+  LayerShape s{};
+  s.batch = x.shape()[0];
+  s.seq = x.shape()[1];
+  s.embd = x.shape()[2];
+  s.heads = num_heads;
+  s.head_dim = s.embd / num_heads;
+  s.rotary_dim = rotary_dim;
+  s.mp_num = mp_num;
+  s.past = past;
+  const WeightMatrix qkv_w = weight_matrix(qkv_weight, qkv_scale, "qkv_weight");
+  const WeightMatrix out_w = weight_matrix(out_weight, out_scale, "out_weight");
+  const WeightMatrix in_w = weight_matrix(fc_in_weight, fc_in_scale, "fc_in_weight");
+  const WeightMatrix fc_out_w = weight_matrix(fc_out_weight, fc_out_scale, "fc_out_weight");
+  s.inner = in_w.rows;
+  PD_CHECK(qkv_w.rows == 3 * s.embd && qkv_w.cols == s.embd, "qkv_weight must be [3*embd, embd]");
+  PD_CHECK(out_w.rows == s.embd && out_w.cols == s.embd, "out_weight must be [embd, embd]");
+  PD_CHECK(in_w.cols == s.embd, "fc_in_weight must be [inner, embd]");
+  PD_CHECK(fc_out_w.rows == s.embd && fc_out_w.cols == s.inner, "fc_out_weight must be [embd, inner]");
+  for (auto* t : {&ln_weight, &ln_bias, &fc_out_bias}) {
+    check_float32(*t, "layer vector");
+    PD_CHECK(t->numel() == s.embd, "LayerNorm and fc_out vectors must have embd entries");
+  }
+  check_float32(fc_in_bias, "fc_in_bias");
+  PD_CHECK(fc_in_bias.numel() == s.inner, "fc_in_bias must have inner entries");
+  check_float32(key_cache, "key_cache");
+  check_float32(value_cache, "value_cache");
+  const auto& cs = key_cache.shape();
+  PD_CHECK(cs.size() == 4 && cs[0] == s.batch && cs[1] == s.heads && cs[3] == s.head_dim &&
+               value_cache.shape() == cs,
+           "caches must be [batch, heads, max_length, head_dim] matching x");
+  s.cache_len = cs[2];
+  PD_CHECK(past >= 0 && s.total() <= s.cache_len, "KV cache holds ", s.cache_len, " positions; this step needs ",
+           s.total());
+  check_float32(sin_table, "sin_table");
+  check_float32(cos_table, "cos_table");
+  PD_CHECK(sin_table.shape().size() == 2 && sin_table.shape()[1] == rotary_dim / 2 && cos_table.shape() == sin_table.shape(),
+           "rotary tables must be [positions, rotary_dim / 2]");
+  const int64_t* mask = nullptr;
+  if (attention_mask) {
+    check_cpu_contiguous(*attention_mask, "attention_mask");
+    PD_CHECK(attention_mask->dtype() == paddle::DataType::INT64, "attention_mask must be int64");
+    PD_CHECK(attention_mask->numel() == s.batch * s.total(), "attention_mask must be [batch, past + seq]");
+    mask = attention_mask->data<int64_t>();
+  }
+
+  // positions count only unmasked tokens, so left padding does not shift them
+  const int64_t tokens = s.tokens(), total = s.total();
+  std::vector<int64_t> positions(tokens);
+  for (int64_t b = 0; b < s.batch; ++b) {
+    int64_t seen = 0;
+    for (int64_t t = 0; t < total; ++t) {
+      seen += mask ? (mask[b * total + t] != 0) : 1;
+      if (t >= past) positions[b * s.seq + t - past] = std::max<int64_t>(seen - 1, 0);
+    }
+  }
+  const int64_t max_position = sin_table.shape()[0];
+  for (int64_t p : positions) PD_CHECK(p < max_position, "position ", p, " beyond the rotary table");
+
+  auto out = paddle::empty(x.shape(), paddle::DataType::FLOAT32, x.place());
+  const float* xp = x.data<float>();
+  float* yp = out.data<float>();
+  std::vector<float> normed(tokens * s.embd), qkv(tokens * 3 * s.embd), inner(tokens * s.inner),
+      attn(tokens * s.embd), proj(tokens * s.embd), mlp(tokens * s.embd);
+  float* kc = const_cast<float*>(key_cache.data<float>());
+  float* vc = const_cast<float*>(value_cache.data<float>());
+  const float* in_b = fc_in_bias.data<float>();
+  const float* out_b = fc_out_bias.data<float>();
+
+  // a few new tokens read each weight once (matvec); a prompt reuses them (GEMM)
+  const bool blocked = tokens > kMatvecMaxRows;
+#pragma omp parallel
+  {
+    std::vector<float> scratch;
+    std::vector<float> panel(blocked ? kern::kDepth * kern::kPanel : 0);
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < tokens; ++m)
+      layer_norm(xp + m * s.embd, ln_weight.data<float>(), ln_bias.data<float>(), eps, s.embd,
+                 normed.data() + m * s.embd);
+
+    // attention's QKV and the MLP's fc_in both read the normed input: one pass
+    // over their rows taken as one range
+    const int64_t qkv_rows = qkv_w.rows, in_rows = in_w.rows;
+    if (!blocked) {
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t c = 0; c < kern::row_chunks(qkv_rows + in_rows); ++c) {
+        const int64_t r0 = c * kern::kChunkRows, r1 = std::min(r0 + kern::kChunkRows, qkv_rows + in_rows);
+        if (r0 < qkv_rows)
+          kern::matvec_rows(qkv_w, normed.data(), tokens, qkv.data(), qkv_rows, r0, std::min(r1, qkv_rows));
+        if (r1 > qkv_rows)
+          kern::matvec_rows(in_w, normed.data(), tokens, inner.data(), in_rows, std::max(r0, qkv_rows) - qkv_rows,
+                            r1 - qkv_rows);
+      }
+    } else {
+      const int64_t qkv_panels = kern::gemm_panel_count(qkv_w);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t p = 0; p < qkv_panels + kern::gemm_panel_count(in_w); ++p) {
+        if (p < qkv_panels)
+          kern::gemm_panel(qkv_w, normed.data(), tokens, qkv.data(), qkv_rows, p, panel.data());
+        else
+          kern::gemm_panel(in_w, normed.data(), tokens, inner.data(), in_rows, p - qkv_panels, panel.data());
+      }
+    }
+
+    // GELU needs only fc_in, attention only qkv: no barrier between them
+    const int64_t chunks = s.inner / simd::kLanes;
+#pragma omp for schedule(static) nowait
+    for (int64_t c = 0; c < tokens * chunks; ++c) {
+      const int64_t m = c / chunks, i = (c % chunks) * simd::kLanes;
+      float* p = inner.data() + m * s.inner + i;
+      simd::store(p, simd::gelu(simd::add(simd::load(p), simd::load(in_b + i))));
+    }
+#pragma omp single nowait
+    for (int64_t m = 0; m < tokens; ++m)
+      for (int64_t i = chunks * simd::kLanes; i < s.inner; ++i)
+        inner[m * s.inner + i] = simd::gelu_scalar(inner[m * s.inner + i] + in_b[i]);
+
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t bh = 0; bh < s.batch * s.heads; ++bh)
+      (blocked ? attend_head_blocked : attend_head)(s, bh / s.heads, bh % s.heads, qkv.data(), positions.data(),
+                                                    mask, sin_table.data<float>(), cos_table.data<float>(), kc, vc,
+                                                    attn.data(), scratch);
+
+    // attention output and the MLP output land on the same residual rows
+    if (!blocked) {
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t c = 0; c < kern::row_chunks(s.embd); ++c) {
+        const int64_t r0 = c * kern::kChunkRows, r1 = std::min(r0 + kern::kChunkRows, s.embd);
+        kern::matvec_rows(out_w, attn.data(), tokens, proj.data(), s.embd, r0, r1);
+        kern::matvec_rows(fc_out_w, inner.data(), tokens, mlp.data(), s.embd, r0, r1);
+      }
+    } else {
+      const int64_t out_panels = kern::gemm_panel_count(out_w);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t p = 0; p < 2 * out_panels; ++p) {
+        if (p < out_panels)
+          kern::gemm_panel(out_w, attn.data(), tokens, proj.data(), s.embd, p, panel.data());
+        else
+          kern::gemm_panel(fc_out_w, inner.data(), tokens, mlp.data(), s.embd, p - out_panels, panel.data());
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < tokens * s.embd; ++i) yp[i] = xp[i] + proj[i] + mlp[i] + out_b[i % s.embd];
+  }
+  return {out};  // the caches are outputs in place: paddle maps them itself
+}
+
+std::vector<std::vector<int64_t>> DecoderLayerShape(
+    const std::vector<int64_t>& x, const std::vector<int64_t>&, const std::vector<int64_t>&,
+    const std::vector<int64_t>&, const paddle::optional<std::vector<int64_t>>&, const std::vector<int64_t>&,
+    const paddle::optional<std::vector<int64_t>>&, const std::vector<int64_t>&,
+    const paddle::optional<std::vector<int64_t>>&, const std::vector<int64_t>&, const std::vector<int64_t>&,
+    const paddle::optional<std::vector<int64_t>>&, const std::vector<int64_t>&, const std::vector<int64_t>& k,
+    const std::vector<int64_t>& v, const paddle::optional<std::vector<int64_t>>&, const std::vector<int64_t>&,
+    const std::vector<int64_t>&, int64_t, int, int, int, float) {
+  return {x, k, v};
+}
+
+}  // namespace
+
+PD_BUILD_OP(codegen_weight_only_linear)
+    .Inputs({"X", "Weight", paddle::Optional("Scale"), paddle::Optional("Bias")})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(WeightOnlyLinear))
+    .SetInferShapeFn(PD_INFER_SHAPE(WeightOnlyLinearShape));
+
+PD_BUILD_OP(codegen_dequantize)
+    .Inputs({"Weight", paddle::Optional("Scale")})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(Dequantize))
+    .SetInferShapeFn(PD_INFER_SHAPE(DequantizeShape));
+
+PD_BUILD_OP(codegen_pack_weight)
+    .Inputs({"Weight"})
+    .Outputs({"Packed", "Scale"})
+    .Attrs({"format: std::string"})
+    .SetKernelFn(PD_KERNEL(PackWeight));
+
+PD_BUILD_OP(codegen_read_bandwidth)
+    .Inputs({"Buffer"})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(ReadBandwidth));
+
+PD_BUILD_OP(codegen_decoder_layer)
+    .Inputs({"X", "LnWeight", "LnBias", "QkvWeight", paddle::Optional("QkvScale"), "OutWeight",
+             paddle::Optional("OutScale"), "FcInWeight", paddle::Optional("FcInScale"), "FcInBias", "FcOutWeight",
+             paddle::Optional("FcOutScale"), "FcOutBias", "KeyCache", "ValueCache",
+             paddle::Optional("AttentionMask"), "Sin", "Cos"})
+    .Outputs({"Out", "KeyCacheOut", "ValueCacheOut"})
+    .Attrs({"past: int64_t", "num_heads: int", "rotary_dim: int", "mp_num: int", "eps: float"})
+    .SetInplaceMap({{"KeyCache", "KeyCacheOut"}, {"ValueCache", "ValueCacheOut"}})
+    .SetKernelFn(PD_KERNEL(DecoderLayer))
+    .SetInferShapeFn(PD_INFER_SHAPE(DecoderLayerShape));

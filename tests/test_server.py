@@ -78,6 +78,11 @@ def running_server(settings: Settings, load=None, wait_ready=True, on_load_failu
         sock.close()
 
 
+def wait_idle(engine):
+    """Earlier tests' requests may still be decoding; counting forward calls needs them gone."""
+    wait_until(lambda: not engine.running and not engine._waiting, "the engine to go idle")
+
+
 class Gate:
     """Wraps the model's forward: records each call's batch size, can hold the worker inside one or fail."""
 
@@ -87,6 +92,9 @@ class Gate:
         self.open.set()
         self.entered = threading.Event()
         self.fail = threading.Event()
+        # the worker closes the gate on itself at this call, so a test can hold a generation
+        # mid-stream however fast decoding is
+        self.close_at_call: int | None = None
 
     def loader(self, settings):
         def load():
@@ -95,6 +103,9 @@ class Gate:
 
             def gated(input_ids, *args, **kwargs):
                 self.calls.append(input_ids.shape[0])
+                if self.close_at_call is not None and len(self.calls) >= self.close_at_call:
+                    self.close_at_call = None
+                    self.open.clear()
                 self.entered.set()
                 self.open.wait()
                 if self.fail.is_set():
@@ -451,15 +462,19 @@ def test_waiting_requests_share_one_batch_and_a_full_queue_gets_429(gated):
 
 def test_client_disconnect_stops_generation_within_one_step(gated):
     base, engine, gate = gated
-    with httpx.Client(timeout=60) as http:
-        with http.stream("POST", base + "/v1/completions",
-                         json={"prompt": "x = 0\n", "max_tokens": 400, "temperature": 0, "stream": True}) as r:
-            next(line for line in r.iter_lines() if line.startswith("data: {"))
-            gate.open.clear()             # the worker blocks in its next forward pass
-            (job,) = engine.running
-        wait_until(lambda: job.cancelled, "the server to notice the disconnect")
-        calls_at_cancel = len(gate.calls)
+    wait_idle(engine)
+    gate.close_at_call = len(gate.calls) + 2      # prefill runs, the first decode step holds
+    try:
+        with httpx.Client(timeout=60) as http:
+            with http.stream("POST", base + "/v1/completions",
+                             json={"prompt": "x = 0\n", "max_tokens": 400, "temperature": 0, "stream": True}) as r:
+                next(line for line in r.iter_lines() if line.startswith("data: {"))
+                (job,) = engine.running
+            wait_until(lambda: job.cancelled, "the server to notice the disconnect")
+            calls_at_cancel = len(gate.calls)
+    finally:
         gate.open.set()
+    with httpx.Client(timeout=60) as http:
         after = http.post(base + "/v1/completions", json={"prompt": "y", "max_tokens": 1, "temperature": 0})
         assert after.status_code == 200
     # at most the step about to start when the client left runs, then `after`'s single pass
@@ -467,13 +482,16 @@ def test_client_disconnect_stops_generation_within_one_step(gated):
 
 
 def test_an_error_after_streaming_started_ends_the_stream_with_an_error_event(gated):
-    base, _, gate = gated
+    base, engine, gate = gated
     body = {"prompt": "x = 0\n", "max_tokens": 400, "temperature": 0}
+    wait_idle(engine)
+    gate.close_at_call = len(gate.calls) + 2      # hold the first decode step until the failure is armed
     with httpx.Client(timeout=60) as http:
         with http.stream("POST", base + "/v1/completions", json={**body, "stream": True}) as r:
             lines = r.iter_lines()
             next(line for line in lines if line.startswith("data: {"))
             gate.fail.set()
+            gate.open.set()
             rest = [line for line in lines if line]
         gate.fail.clear()
         assert "data: [DONE]" not in rest

@@ -143,6 +143,22 @@ def load_model(name_or_path, dtype: str = "float32"):
     return model
 
 
+def read_tensors_into(path: Path, state: dict, hint: str) -> None:
+    """Set every tensor of `state` from the safetensors file `path`, which must hold
+    exactly those names and shapes; `hint` ends the mismatch error (what to check)."""
+    from safetensors import safe_open
+    with safe_open(str(path), framework="np") as f:
+        names = set(f.keys())
+        if names != set(state):
+            raise ValueError(f"{path} does not match: missing {sorted(set(state) - names)[:5]}, "
+                             f"unexpected {sorted(names - set(state))[:5]} ({hint})")
+        for name, tensor in state.items():
+            array = f.get_tensor(name)
+            if list(array.shape) != list(tensor.shape):
+                raise ValueError(f"{path}: {name} has shape {list(array.shape)}, expected {list(tensor.shape)}")
+            tensor.set_value(array)
+
+
 def save_model(model, model_dir, tokenizer=None) -> Path:
     """Write a model (and tokenizer) in our format."""
     model_dir = Path(model_dir)

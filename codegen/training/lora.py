@@ -126,18 +126,8 @@ def read_adapter_config(directory) -> dict | None:
 
 def load_adapters(model: nn.Layer, directory) -> None:
     """Set the model's trainable tensors (adapters applied already) from a saved adapter."""
-    from safetensors import safe_open
     path = Path(directory) / ADAPTER_WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {directory} holds no LoRA adapter")
-    expected = trainable_state(model)
-    with safe_open(str(path), framework="np") as f:
-        names = set(f.keys())
-        if names != set(expected):
-            raise ValueError(f"{path} does not match this LoRA setup: missing {sorted(set(expected) - names)[:5]}, "
-                             f"unexpected {sorted(names - set(expected))[:5]} (check --lora_rank and --lora_target)")
-        for name, tensor in expected.items():
-            array = f.get_tensor(name)
-            if list(array.shape) != list(tensor.shape):
-                raise ValueError(f"{path}: {name} has shape {list(array.shape)}, expected {list(tensor.shape)}")
-            tensor.set_value(array)
+    from ..checkpoints import read_tensors_into
+    read_tensors_into(path, trainable_state(model), "check --lora_rank and --lora_target")

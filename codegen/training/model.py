@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoints import CONFIG_FILE, WEIGHTS_FILE, load_model, resolve_model_dir, save_model
+from ..checkpoints import CONFIG_FILE, WEIGHTS_FILE, load_model, read_tensors_into, resolve_model_dir, save_model
 from ..tokenizer import load_tokenizer
 from .lora import apply_lora, load_adapters, merge_lora, read_adapter_config, save_adapters
 from .vocab import fit_vocab, vocab_parameters
@@ -33,21 +33,10 @@ def load_merged(name_or_path):
 
 def load_weights_into(model, directory: Path) -> None:
     """Set every parameter of `model` from `directory`'s model.safetensors (our format)."""
-    from safetensors import safe_open
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {directory} is not a complete checkpoint of this run")
-    state = model.state_dict()
-    with safe_open(str(path), framework="np") as f:
-        names = set(f.keys())
-        if names != set(state):
-            raise ValueError(f"{path} does not fit the model being trained (missing {sorted(set(state) - names)[:5]}, "
-                             f"unexpected {sorted(names - set(state))[:5]}): was it written with other flags?")
-        for name, tensor in state.items():
-            array = f.get_tensor(name)
-            if list(array.shape) != list(tensor.shape):
-                raise ValueError(f"{path}: {name} has shape {list(array.shape)}, the model has {list(tensor.shape)}")
-            tensor.set_value(array)
+    read_tensors_into(path, model.state_dict(), "was it written with other flags?")
 
 
 def adapter_config(base_dir: Path, lora_args, trains_vocab: bool) -> dict:

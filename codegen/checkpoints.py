@@ -24,18 +24,26 @@ WEIGHTS_FILE = "model.safetensors"
 FORMAT = "codegen-paddle/1"
 
 
+# Models inside the package, by name: the small default model lives here (examples/train_default_model.md).
+PACKAGED_MODELS = Path(__file__).parent / "assets" / "models"
+
+
 def codegen_home() -> Path:
     return Path(os.environ.get("CODEGEN_HOME", Path.home() / ".cache" / "codegen"))
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
-    """A checkpoint directory from a path or a public name under $CODEGEN_HOME.
+    """A checkpoint directory from a path, the name of a model shipped in the package, or a public name
+    under $CODEGEN_HOME, looked up in that order.
 
     Never downloads: a missing name says where we looked and how to convert a download.
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
+    packaged = PACKAGED_MODELS / str(name_or_path)
+    if path.name == str(name_or_path) and (packaged / CONFIG_FILE).is_file():
+        return packaged
     home_path = codegen_home() / str(name_or_path)
     if home_path.is_dir():
         return home_path
@@ -172,14 +180,20 @@ def save_model(model, model_dir, tokenizer=None) -> Path:
     return model_dir
 
 
-def init_random_codegen(model_dir, seed: int = 0, **config) -> Path:
-    """A randomly initialised CodeGen with the CodeGen tokenizer, in our format: the
-    starting point for training from scratch, and a stand-in model for demos and tests."""
+def init_random_codegen(model_dir, seed: int = 0, tokenizer=None, **config) -> Path:
+    """A randomly initialised CodeGen in our format: the starting point for training from scratch, and a
+    stand-in model for demos and tests. With a tokenizer other than CodeGen's (the default), the vocabulary
+    size and end-of-text id follow it (the vocabulary rounded up to a multiple of 64, as CodeGen's is)."""
     import paddle
     from .models.codegen import CodeGenConfig, CodeGenForCausalLM
     from .tokenizer import codegen_tokenizer
+    if tokenizer is None:
+        tokenizer = codegen_tokenizer()
+    else:
+        config.update(vocab_size=-(-len(tokenizer) // 64) * 64,
+                      bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
     paddle.seed(seed)
-    return save_model(CodeGenForCausalLM(CodeGenConfig(**config)), model_dir, codegen_tokenizer())
+    return save_model(CodeGenForCausalLM(CodeGenConfig(**config)), model_dir, tokenizer)
 
 
 def _write_config(model_dir: Path, config: dict):

@@ -43,7 +43,11 @@ def _init(args):
                          f"got {args.like!r}")
     config = asdict(PUBLIC_CONFIGS[args.like])
     config.update({k: v for k, v in vars(args).items() if k in config and v is not None})
-    dst = init_random_codegen(args.dst, seed=args.seed, **config)
+    tokenizer = None
+    if args.tokenizer is not None:
+        from .tokenizer import load_tokenizer
+        tokenizer = load_tokenizer(args.tokenizer)
+    dst = init_random_codegen(args.dst, seed=args.seed, tokenizer=tokenizer, **config)
     print(f"wrote a randomly initialised CodeGen to {dst}")
 
 
@@ -51,8 +55,10 @@ def _add_init(sub):
     p = sub.add_parser("init", help="write a randomly initialised CodeGen (to train from scratch)")
     p.add_argument("dst", help="output directory")
     p.add_argument("--like", default="Salesforce/codegen-350M-mono", help="public config to start from")
-    for name in ("n_embd", "n_layer", "n_head", "rotary_dim", "n_positions"):
+    for name in ("n_embd", "n_layer", "n_head", "rotary_dim", "n_positions", "n_inner"):
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=None)
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer directory (e.g. from tools/train_tokenizer.py); default: CodeGen's")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_init)
 
@@ -60,7 +66,8 @@ def _add_init(sub):
 def _add_generate(sub):
     p = sub.add_parser("generate", help="complete a prompt")
     p.add_argument("prompt", help="the code to complete ('-' reads standard input)")
-    p.add_argument("--model", default=None, help="converted checkpoint directory or public name")
+    p.add_argument("--model", default=None, help="converted checkpoint directory or public name (default: the "
+                   "small model shipped in the package)")
     p.add_argument("--max-length", type=int, default=128, help="maximum number of new tokens")
     p.add_argument("--min-length", type=int, default=0, help="minimum number of new tokens")
     p.add_argument("--decode-strategy", default="greedy_search",

@@ -14,9 +14,9 @@ from .generation import GenerationConfig, PromptCache, Request, StreamEvent, gen
 
 logger = logging.getLogger(__name__)
 
-# The model shipped inside the package (see issue 8); until it exists the default is
-# the public checkpoint PaddleNLP's Taskflow uses, looked up under $CODEGEN_HOME.
-DEFAULT_MODEL = "Salesforce/codegen-350M-mono"
+# The small Python model shipped inside the package, trained by run_clm.py on the standard library
+# (examples/train_default_model.md): everything works offline with no download.
+DEFAULT_MODEL = "codegen-stdlib-9M"
 
 
 def pick_device(device: str | None) -> str:
@@ -32,21 +32,21 @@ def pick_device(device: str | None) -> str:
 
 
 class Predictor:
-    """`Predictor(model)` loads `model` (a converted directory or a public name under
-    $CODEGEN_HOME); `generate` and `stream` take prompts as text."""
+    """`Predictor(model)` loads `model` (a converted directory, a public name under $CODEGEN_HOME, or by
+    default the model shipped in the package); `generate` and `stream` take prompts as text."""
 
     def __init__(self, model: str | os.PathLike | None = None, *, device: str | None = None,
                  quantize: str | None = None, use_fast: bool | None = None, use_fp16_decoding: bool = False,
                  prompt_cache_entries: int = 0):
-        from .checkpoints import load_model, resolve_model_dir
-        from .models.fast import prepare_for_inference
+        from .checkpoints import resolve_model_dir
+        from .models.fast import load_for_inference
         from .tokenizer import load_tokenizer
 
         self.device = pick_device(device)
         self.model_dir = resolve_model_dir(model or DEFAULT_MODEL)
         self.tokenizer = load_tokenizer(self.model_dir)
-        self.model = prepare_for_inference(load_model(self.model_dir), quantize=quantize, use_fast=use_fast,
-                                           use_fp16_decoding=use_fp16_decoding)
+        self.model = load_for_inference(self.model_dir, quantize=quantize, use_fast=use_fast,
+                                        use_fp16_decoding=use_fp16_decoding)
         self.model_config = self.model.config
         self.context_length = self.model_config.max_position_embeddings
         self.name = str(model or DEFAULT_MODEL)

@@ -1,12 +1,14 @@
-"""Byte-level BPE tokenizers for CodeGen and CodeGeeX, built on the `tokenizers` Rust library.
+"""Byte-level BPE tokenizers for CodeGen, CodeGeeX and our own models, built on the `tokenizers` Rust library.
 
-Both families use GPT-2's vocabulary and merges and differ only in how runs of whitespace reach the model:
+CodeGen and CodeGeeX use GPT-2's vocabulary and merges and differ only in how runs of whitespace reach the model:
 
 - CodeGen has 38 added tokens for runs of 2..31 spaces and 2..9 tabs. Like every added token they are cut out
   of the text before BPE sees it, leftmost match first and the longest one there, so 40 spaces become the
   31-space token then the 9-space token. `<|endoftext|>` in the text is the end-of-text token.
 - CodeGeeX first rewrites each run of 2..10 spaces as the text `<|extratoken_{8+n}|>` (longer runs in chunks of
   ten, a lone leftover space stays a space); those names are its added tokens. Tabs and newlines stay plain BPE.
+- "bpe" is a vocabulary of its own (tools/train_tokenizer.py) with GPT-2's pre-tokenizer and no whitespace
+  tokens: `<|endoftext|>` is in the vocabulary and its id is wherever the vocabulary puts it.
 
 The added tokens go to the Rust library's added-vocabulary splitter with the flags Hugging Face's loader gives
 them (whitespace and extra tokens: non-special, normalized, no lstrip/rstrip; `<|endoftext|>` and tokens from
@@ -30,7 +32,8 @@ from tokenizers import AddedToken
 from tokenizers import Tokenizer as _RustTokenizer
 from tokenizers import models, pre_tokenizers
 
-FAMILIES = ("codegen", "codegeex")
+FAMILIES = ("codegen", "codegeex", "bpe")
+PACKAGED = ("codegen", "codegeex")
 ASSETS = Path(__file__).parent / "assets" / "tokenizers"
 END_OF_TEXT = "<|endoftext|>"
 END_OF_TEXT_ID = 50256
@@ -44,7 +47,8 @@ CODEGEEX_SPACE_RUNS = {f"<|extratoken_{8 + n}|>": n for n in range(2, CODEGEEX_L
 
 
 class Tokenizer:
-    """A CodeGen or CodeGeeX tokenizer. Build one with `load_tokenizer`, `codegen_tokenizer` or `codegeex_tokenizer`."""
+    """A CodeGen, CodeGeeX or own ("bpe") tokenizer. Build one with `load_tokenizer`, `codegen_tokenizer` or
+    `codegeex_tokenizer`."""
 
     def __init__(self, family: str, vocab_file: Path, merges_file: Path, added_tokens_file: Path,
                  extra_special_tokens: dict[str, int] | None = None):
@@ -56,7 +60,9 @@ class Tokenizer:
         self._backend = _build_backend(self._files[VOCAB_FILE], self._files[MERGES_FILE])
         _add_family_tokens(self._backend, self._files[ADDED_TOKENS_FILE])
         self._backend.add_special_tokens([AddedToken(END_OF_TEXT, normalized=False, special=True)])
-        self._special = {END_OF_TEXT: END_OF_TEXT_ID}
+        self._special = {END_OF_TEXT: self._backend.token_to_id(END_OF_TEXT)}
+        if family != "bpe" and self._special[END_OF_TEXT] != END_OF_TEXT_ID:
+            raise ValueError(f"{vocab_file}: {END_OF_TEXT} must be id {END_OF_TEXT_ID} in the {family} vocabulary")
         self._bytes_by_id_cache = None
         if extra_special_tokens:
             expected = sorted(extra_special_tokens, key=extra_special_tokens.get)
@@ -65,7 +71,11 @@ class Tokenizer:
                 raise ValueError(f"special tokens {expected} should have ids "
                                  f"{[extra_special_tokens[t] for t in expected]} but got {got}")
 
-    eos_token_id = pad_token_id = bos_token_id = END_OF_TEXT_ID
+    @property
+    def eos_token_id(self) -> int:
+        return self._special[END_OF_TEXT]
+
+    pad_token_id = bos_token_id = eos_token_id
 
     def __len__(self) -> int:
         return self._backend.get_vocab_size(with_added_tokens=True)
@@ -202,11 +212,11 @@ def truncate_completion(text: str, patterns: list[str]) -> str:
 
 
 def load_tokenizer(name_or_path) -> Tokenizer:
-    """'codegen' or 'codegeex' for the packaged tokenizers, or a directory written by Tokenizer.save().
+    """'codegen' or 'codegeex' for the packaged GPT-2 tokenizers, or a directory written by Tokenizer.save().
 
     The two names win over directories of the same name; write './codegen' to mean a directory.
     """
-    if isinstance(name_or_path, str) and name_or_path in FAMILIES:
+    if isinstance(name_or_path, str) and name_or_path in PACKAGED:
         return _packaged(name_or_path)
     directory = Path(name_or_path)
     config_file = directory / CONFIG_FILE

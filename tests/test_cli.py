@@ -55,3 +55,16 @@ def test_init_writes_a_model_that_generates(tmp_path):
     assert codegen("generate", "x", "--model", tmp_path / "m", "--max-length", 3).returncode == 0
     bad = codegen("init", tmp_path / "b", "--like", "THUDM/codegeex-13b")
     assert bad.returncode == 2 and "--like" in bad.stderr
+
+
+def test_init_takes_its_vocabulary_and_end_of_text_from_a_tokenizer(tmp_path):
+    from codegen.checkpoints import load_model, resolve_model_dir
+    from codegen.predictor import DEFAULT_MODEL
+    from codegen.tokenizer import load_tokenizer
+    made = codegen("init", tmp_path / "m", "--n-embd", 32, "--n-layer", 1, "--n-head", 4, "--rotary-dim", 4,
+                   "--tokenizer", resolve_model_dir(DEFAULT_MODEL))
+    assert made.returncode == 0, made.stderr
+    tokenizer = load_tokenizer(tmp_path / "m")
+    config = load_model(tmp_path / "m").config
+    assert tokenizer.family == "bpe" and config.vocab_size == len(tokenizer) == 8192
+    assert config.eos_token_id == config.bos_token_id == tokenizer.eos_token_id == 0

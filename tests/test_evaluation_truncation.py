@@ -82,3 +82,11 @@ def test_canonical_solutions_survive_stop_and_truncation(language):
         assert completion.rstrip() == expected.rstrip(), problem.task_id
         checked += 1
     assert checked >= 150
+
+
+def test_python_after_a_prompt_ending_its_line_an_unindented_start_has_left_the_function():
+    body = "    return 1\n"
+    assert truncate_completion("python", "def helper():\n" + body, starts_line=True) == ""
+    assert truncate_completion("python", body + "x = 2\n", starts_line=True) == body
+    # mid-line prompts ("    return") continue the line: only later lines count
+    assert truncate_completion("python", "x + 1\ny = 2\n") == "x + 1"

@@ -324,3 +324,23 @@ def test_load_fast_reads_a_checkpoint_into_the_fast_model(tmp_path):
     (directory / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
     with pytest.raises(ValueError, match="does not match"):
         load_fast(directory, "int8")
+
+
+@needs_kernels
+@pytest.mark.parametrize("flags", [{}, {"quantize": "int8"}, {"use_fp16_decoding": True}, {"use_fast": False},
+                                   {"quantize": "int8", "use_fast": False}])
+def test_load_for_inference_reads_straight_into_what_prepare_for_inference_makes(tmp_path, flags):
+    from codegen.checkpoints import load_model, save_model
+    from codegen.models.fast import load_for_inference
+    directory = save_model(small_model(), tmp_path / "model")
+    loaded = load_for_inference(directory, **flags)
+    prepared = prepare_for_inference(load_model(directory), **flags)
+    assert type(loaded) is type(prepared)
+    assert isinstance(loaded, FastCodeGenForCausalLM) == (flags.get("use_fast") is not False)
+    ids, mask = padded_batch()
+    with paddle.no_grad():
+        a = loaded(ids, mask, loaded.new_cache(2, 16))
+        b = prepared(ids, mask, prepared.new_cache(2, 16))
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    with pytest.raises(ValueError, match="quantize"):
+        load_for_inference(directory, quantize="int4")

@@ -95,6 +95,14 @@ class Gate:
         # the worker closes the gate on itself at this call, so a test can hold a generation
         # mid-stream however fast decoding is
         self.close_at_call: int | None = None
+        self._lock = threading.Lock()
+
+    def release(self):
+        """Open the gate for good, also if the worker has not reached `close_at_call` yet (on a busy
+        machine it may get there after the test has moved on: it must not close the gate then)."""
+        with self._lock:
+            self.close_at_call = None
+            self.open.set()
 
     def loader(self, settings):
         def load():
@@ -102,10 +110,11 @@ class Gate:
             forward = predictor.model.forward
 
             def gated(input_ids, *args, **kwargs):
-                self.calls.append(input_ids.shape[0])
-                if self.close_at_call is not None and len(self.calls) >= self.close_at_call:
-                    self.close_at_call = None
-                    self.open.clear()
+                with self._lock:
+                    self.calls.append(input_ids.shape[0])
+                    if self.close_at_call is not None and len(self.calls) >= self.close_at_call:
+                        self.close_at_call = None
+                        self.open.clear()
                 self.entered.set()
                 self.open.wait()
                 if self.fail.is_set():
@@ -431,7 +440,7 @@ def gated(model_dir):
     settings = Settings(model=str(model_dir), max_batch_size=4, max_queue=3, prompt_cache_entries=0)
     with running_server(settings, load=gate.loader(settings)) as (base, app):
         yield base, app.state.engine, gate
-        gate.open.set()
+        gate.release()
 
 
 def test_waiting_requests_share_one_batch_and_a_full_queue_gets_429(gated):
@@ -473,7 +482,7 @@ def test_client_disconnect_stops_generation_within_one_step(gated):
             wait_until(lambda: job.cancelled, "the server to notice the disconnect")
             calls_at_cancel = len(gate.calls)
     finally:
-        gate.open.set()
+        gate.release()
     with httpx.Client(timeout=60) as http:
         after = http.post(base + "/v1/completions", json={"prompt": "y", "max_tokens": 1, "temperature": 0})
         assert after.status_code == 200
@@ -491,7 +500,7 @@ def test_an_error_after_streaming_started_ends_the_stream_with_an_error_event(ga
             lines = r.iter_lines()
             next(line for line in lines if line.startswith("data: {"))
             gate.fail.set()
-            gate.open.set()
+            gate.release()
             rest = [line for line in lines if line]
         gate.fail.clear()
         assert "data: [DONE]" not in rest

@@ -249,3 +249,50 @@ def test_importing_the_tokenizer_loads_neither_paddle_nor_transformers():
             "print(sorted(m for m in ('paddle', 'paddlenlp', 'torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ---- our own BPE ("bpe" family, tools/train_tokenizer.py) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def own_bpe(tmp_path_factory):
+    """A 600-token BPE trained on this repository's model code, as tools/train_tokenizer.py trains the
+    shipped model's."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "tools"))
+    from train_tokenizer import train
+    root = tmp_path_factory.mktemp("bpe")
+    corpus = root / "train.jsonl"
+    sources = sorted((Path(__file__).parents[1] / "codegen" / "models").glob("*.py"))
+    corpus.write_text("".join(json.dumps({"code": p.read_text()}) + "\n" for p in sources))
+    return load_tokenizer(train(corpus, root / "tok", vocab_size=600))
+
+
+def test_own_bpe_puts_end_of_text_first_and_the_fim_sentinels_last(own_bpe):
+    assert len(own_bpe) == 600
+    assert own_bpe.eos_token_id == own_bpe.pad_token_id == 0
+    assert own_bpe.encode("<|endoftext|>") == [0]
+    assert [own_bpe.special_token_ids[t] for t in FIM] == [597, 598, 599]
+    assert own_bpe.encode("a<fim_middle>b")[1] == 598
+
+
+def test_own_bpe_learns_the_corpus_and_round_trips_any_text(own_bpe):
+    line = "        return self.weight\n"
+    # indentation and frequent words become single tokens, unlike bytes
+    assert len(own_bpe.encode(line)) < len(line) / 2
+    for text in ["def f(x):\n\treturn x  # ünïcödé 🐍\r\n", "   \n\n  trailing   ", "\x00\x7f€", ""]:
+        assert own_bpe.decode(own_bpe.encode(text)) == text
+
+
+def test_own_bpe_saves_and_loads_back_with_the_same_ids(own_bpe, tmp_path):
+    text = (Path(__file__).parents[1] / "codegen" / "tokenizer.py").read_text()
+    again = load_tokenizer(own_bpe.save(tmp_path / "copy"))
+    assert again.encode(text) == own_bpe.encode(text)
+    assert again.special_token_ids == own_bpe.special_token_ids
+
+
+def test_the_gpt2_families_still_insist_on_their_end_of_text_id(tmp_path):
+    tok = codegen_tokenizer().save(tmp_path / "t")
+    vocab = json.loads((tok / "vocab.json").read_text())
+    vocab["<|endoftext|>"], vocab["!"] = vocab["!"], vocab["<|endoftext|>"]
+    (tok / "vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(ValueError, match="must be id 50256"):
+        load_tokenizer(tok)

@@ -101,11 +101,12 @@ def generate_samples(predictor, problems: list[Problem], path: str | Path, *, nu
                 results = predictor.generate(texts, call_config)
                 if len(results) != len(members):
                     raise RuntimeError(f"predictor returned {len(results)} results for {len(members)} prompts")
-                for (problem, start), sequences in zip(members, results):
+                for (problem, start), text, sequences in zip(members, texts, results):
                     for offset, sequence in enumerate(sequences):
                         raw = restore_stop(problem.language, sequence.text, sequence.finish_reason)
                         row = {"task_id": problem.task_id, "completion_id": start + offset,
-                               "completion": truncate_completion(problem.language, raw),
+                               "completion": truncate_completion(problem.language, raw,
+                                                                 starts_line=text.endswith("\n")),
                                "finish_reason": sequence.finish_reason, "raw_completion": sequence.text}
                         out.write(json.dumps(row, ensure_ascii=False) + "\n")
                         written += 1

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import re
 
+from ..languages import function_end_stops
+
 BRACE_LANGUAGES = ("cpp", "java", "js", "go", "rust")
 
 # a top-level statement after the function means the function is finished
-_PYTHON_STOPS = ["\ndef", "\nclass", "\nif", "\nprint", "\n#", "\nassert", "\n@"]
+_PYTHON_STOPS = function_end_stops("Python")
 # braces the prompt leaves open: Java's method sits inside `class Solution {`
 _OPEN_AT_START = {"java": 2}
 # a `}` in the first column closes the outermost open brace (Java: the class)
@@ -32,10 +34,14 @@ def stop_sequences(language: str) -> list[str]:
     return list(_BRACE_STOPS)
 
 
-def truncate_completion(language: str, text: str) -> str:
-    """`text` up to the end of the function it continues; unchanged if that end is not in it."""
+def truncate_completion(language: str, text: str, starts_line: bool = False) -> str:
+    """`text` up to the end of the function it continues; unchanged if that end is not in it.
+
+    `starts_line`: the prompt ended with a newline, so for Python text that begins unindented has
+    already left the function (stop strings, which need the newline, cannot see that).
+    """
     if language == "python":
-        top_level = re.search(r"\n(?=\S)", text)
+        top_level = re.search(r"^(?=\S)" if starts_line else r"\n(?=\S)", text, re.MULTILINE)
         return text[:top_level.start()] if top_level else text
     _check_brace_language(language)
     depth = _OPEN_AT_START.get(language, 1)

@@ -115,8 +115,9 @@ class CodeGenAttention(nn.Layer):
         c = self.config
         b, s = qkv.shape[0], qkv.shape[1]
         shards = qkv.reshape([b, s, MP_NUM, 3, c.n_head // MP_NUM, c.head_dim])
-        # shard order within the fused projection is query, value, key
-        query, value, key = shards[:, :, :, 0], shards[:, :, :, 1], shards[:, :, :, 2]
+        # shard order within the fused projection is query, value, key; unbind rather than three slices,
+        # whose gradients would each be a zero-filled copy of the whole projection
+        query, value, key = paddle.unbind(shards, axis=3)
         heads = [b, s, c.n_head, c.head_dim]
         return query.reshape(heads), key.reshape(heads), value.reshape(heads)
 

@@ -306,3 +306,24 @@ def prepare_for_inference(model: CodeGenForCausalLM, *, quantize: str | None = N
     if weight_dtype != "fp32":
         quantize_linears(model, weight_dtype, skip=["lm_head"])
     return model
+
+
+def load_for_inference(model_dir, *, quantize: str | None = None, use_fast: bool | None = None,
+                       use_fp16_decoding: bool = False):
+    """`prepare_for_inference(load_model(model_dir), ...)`, reading a CodeGen checkpoint straight into the
+    fast CPU model when that is where it ends up, so loading peaks near the final model's memory rather
+    than the fp32 model's plus the mapped file."""
+    from ..checkpoints import load_model, read_config, resolve_model_dir
+
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    model_dir = resolve_model_dir(model_dir)
+    direct = (use_fast is not False and paddle.get_device() == "cpu"
+              and read_config(model_dir)["model_type"] == "codegen")
+    model = load_model(model_dir) if not direct else load_fast(
+        model_dir, "int8" if quantize else "fp16" if use_fp16_decoding else "fp32")
+    if isinstance(model, FastCodeGenForCausalLM):
+        return model
+    # not CodeGen, not on CPU, the plain path asked for, or the kernels did not build (load() has warned)
+    return prepare_for_inference(model, quantize=quantize, use_fast=False if direct else use_fast,
+                                 use_fp16_decoding=use_fp16_decoding)

@@ -54,7 +54,8 @@ class Settings:
 
 
 _HELP = {
-    "model": "converted checkpoint directory or public name under $CODEGEN_HOME (default: the predictor's default)",
+    "model": "converted checkpoint directory or public name under $CODEGEN_HOME (default: the small model "
+             "shipped in the package)",
     "host": "address to listen on",
     "port": "TCP port (0 picks a free one)",
     "api_key": "when set, /v1 routes require 'Authorization: Bearer KEY'",

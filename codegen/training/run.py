@@ -15,8 +15,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import paddle
+
 from ..checkpoints import codegen_home, resolve_model_dir, save_model
 from .args import LATEST, parse_args
+from .blas_linear import use_blas_linears
 from .data import BlockDataset, find_data_files, tokenize_to_cache
 from .fim import FimTransform, add_fim_tokens, validate_rates
 from .lora import apply_lora, merge_lora
@@ -127,6 +130,8 @@ def prepare(model_args, data_args, training_args) -> Setup:
     if training_args.recompute:
         from .recompute import enable_recompute
         enable_recompute(model)
+    if paddle.get_device() == "cpu":
+        use_blas_linears(model)
 
     if eval_dataset is not None and training_args.evaluation_strategy == IntervalStrategy.NO:
         training_args.evaluation_strategy = IntervalStrategy.STEPS

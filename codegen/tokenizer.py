@@ -149,6 +149,29 @@ class Tokenizer:
             self._bytes_by_id_cache = table
         return self._bytes_by_id_cache
 
+    # ---- token healing ----------------------------------------------------------------------------
+
+    def heal(self, ids: list[int]) -> tuple[list[int], str]:
+        r"""(prompt ids, text to regenerate): a prompt ending in whitespace, minus that last token.
+
+        The "bpe" vocabulary merges a newline with the indentation after it, so in training a lone
+        `\n` token is only ever followed by an unindented line: a prompt ending in `\n` (a docstring,
+        a finished line) would make the model leave the function. Generation instead regenerates that
+        text, free to extend it ("\n" -> "\n    "), and reports only what follows it. The GPT-2
+        families cut whitespace runs out as tokens of their own, so their prompts are left alone.
+        """
+        if self.family != "bpe" or len(ids) < 2:
+            return list(ids), ""
+        last = self.decode_bytes(ids[-1:])
+        if not last or last.strip(b" \t\r\n"):
+            return list(ids), ""
+        return list(ids[:-1]), last.decode("ascii")
+
+    def ids_starting_with(self, text: str) -> list[int]:
+        """Ids of the tokens whose text starts with `text` (the choices for a healed prompt's next token)."""
+        prefix = text.encode("utf-8")
+        return [i for i, token in enumerate(self._bytes_by_id()) if token.startswith(prefix)]
+
     # ---- special tokens and files -----------------------------------------------------------------
 
     def add_special_tokens(self, tokens: list[str]) -> list[int]:

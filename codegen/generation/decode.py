@@ -31,15 +31,18 @@ class Request:
 class _Row:
     """One sequence being generated."""
 
-    def __init__(self, index: int, prompt: list[int], config: GenerationConfig, rng, tokenizer):
+    def __init__(self, index: int, prompt: list[int], config: GenerationConfig, rng, tokenizer,
+                 first_choices: list[int] | None = None, healed: str = ""):
         self.index = index
         self.prompt = prompt
         self.config = config
         self.rng = rng
+        # a healed prompt's next token must start with the text taken off the prompt
+        self.first_choices = first_choices
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
         self.top: list[dict[str, float]] | None = [] if config.logprobs is not None else None
-        self.text = IncrementalText(tokenizer, config.stop)
+        self.text = IncrementalText(tokenizer, config.stop, hidden=healed)
         self.eos_logprob = 0.0
         self.finish_reason: str | None = None
         self._finish_reported = False
@@ -99,10 +102,15 @@ class Stream:
             if config.decode_strategy == "beam_search":
                 raise ValueError(f"requests[{i}]: beam search cannot be streamed; use generate()")
             prompt = check_prompt(model, request.prompt_ids, config.max_new_tokens, f"requests[{i}]")
+            prompt, healed = tokenizer.heal(prompt) if hasattr(tokenizer, "heal") else (prompt, "")
+            first_choices = None
+            if healed:
+                usable = usable_vocab(model, tokenizer)
+                first_choices = [t for t in tokenizer.ids_starting_with(healed) if t < usable]
             for j in range(config.num_return_sequences):
                 # a seed gives each sequence its own stream, whatever else is in the batch
                 rng = np.random.default_rng(None if config.seed is None else [config.seed, j])
-                self.rows.append(_Row(len(self.rows), prompt, config, rng, tokenizer))
+                self.rows.append(_Row(len(self.rows), prompt, config, rng, tokenizer, first_choices, healed))
         self.prompt_cache = prompt_cache if len(self.rows) == 1 else None
         self._cancelled: set[int] = set()
         self._events = self._run() if self.rows else iter(())
@@ -187,6 +195,11 @@ class Stream:
         """Pick each row's next token from its logits [rows, vocab] and record it."""
         usable = usable_vocab(self.model, self.tokenizer)
         logits[:, usable:] = -np.inf
+        for i, row in enumerate(active):
+            if row.first_choices is not None and not row.tokens and row.finish_reason is None:
+                choices = logits[i, row.first_choices]
+                logits[i] = -np.inf
+                logits[i, row.first_choices] = choices
         raw_logprobs = log_softmax(logits)
         scores = logits
         if seen is not None:

@@ -7,7 +7,7 @@ from .stopping import find_stop, partial_stop_length
 
 
 class IncrementalText:
-    """One sequence's new tokens turned into text deltas, a token at a time.
+    r"""One sequence's new tokens turned into text deltas, a token at a time.
 
     Each token's bytes (`tokenizer.decode_bytes([id])`; byte-level tokenizers
     concatenate) go through an incremental UTF-8 decoder, so a character split
@@ -20,11 +20,17 @@ class IncrementalText:
     the tokens kept are those whose text lies wholly before the stop string, so a
     token that straddles the cut is dropped and `tokenizer.decode(kept tokens)` is
     a prefix of `text` (equal to it unless a token straddled the cut).
+
+    `hidden`: the first characters of the decoded tokens that were the prompt's (a healed prompt's
+    last token, regenerated): they do not appear in `text`, and a stop string counts only if it ends
+    after them, so "\ndef" stops when the prompt's newline is followed by `def`, while a stop "\n"
+    does not fire on the prompt's own newline.
     """
 
-    def __init__(self, tokenizer, stops: list[str]):
+    def __init__(self, tokenizer, stops: list[str], hidden: str = ""):
         self._tokenizer = tokenizer
         self._stops = list(stops)
+        self._hidden_left = len(hidden)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._parts: list[str] = []       # released text
         self._parts_taken = 0
@@ -70,7 +76,7 @@ class IncrementalText:
         return text, start, self.released_tokens
 
     def _release(self, window: str, final: bool) -> None:
-        cut = find_stop(window, self._stops)
+        cut = find_stop(window, self._stops, min_end=self._hidden_left)
         if cut >= 0:
             self.stopped = True
             release = cut
@@ -79,7 +85,10 @@ class IncrementalText:
         else:
             release = len(window) - partial_stop_length(window, self._stops)
         if release:
-            self._parts.append(window[:release])
+            hidden = min(self._hidden_left, release)
+            self._hidden_left -= hidden
+            if release > hidden:
+                self._parts.append(window[hidden:release])
             self._released_chars += release
         self._pending = "" if self.stopped else window[release:]
         self._release_tokens()

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 
-def find_stop(text: str, stops: list[str]) -> int:
-    """Index of the earliest occurrence of any stop string in `text`, or -1."""
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+def find_stop(text: str, stops: list[str], min_end: int = 0) -> int:
+    """Index of the earliest occurrence of any stop string in `text` that ends after `min_end`, or -1."""
+    found = [i for i in (text.find(s, max(0, min_end - len(s) + 1)) for s in stops) if i >= 0]
     return min(found, default=-1)
 
 

@@ -35,15 +35,22 @@ def main():
     parser.add_argument("run_output", type=Path, help="--output_dir of the run_clm.py run")
     parser.add_argument("--name", default=DEFAULT_MODEL)
     args = parser.parse_args()
-    model, tokenizer = load_model(args.run_output), load_tokenizer(args.run_output)
+    try:
+        model, tokenizer = load_model(args.run_output), load_tokenizer(args.run_output)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"ship_default_model.py: {e}")
     target = PACKAGED_MODELS / args.name
-    if target.exists():
-        shutil.rmtree(target)
-    save_model(model, target, tokenizer)
-    shipped = load_model(target)
+    # written and checked beside the shipped model, which is replaced only then
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    save_model(model, staging, tokenizer)
+    shipped = load_model(staging)
     for name, tensor in model.state_dict().items():
         if not np.array_equal(tensor.numpy(), shipped.state_dict()[name].numpy()):
-            raise SystemExit(f"{name} differs after shipping")
+            raise SystemExit(f"{name} differs after shipping; {target} is unchanged")
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
     c = model.config
     parameters = sum(math.prod(p.shape) for p in model.parameters())
     (target / "README.md").write_text(CARD.format(name=args.name, parameters=parameters, n_layer=c.n_layer,

@@ -21,9 +21,16 @@ from codegen.training.fim import FIM_TOKENS  # noqa: E402
 
 
 def read_corpus(path: Path):
+    """The "code" of each line of a jsonl file; a bad line stops with file:line and the reason."""
     with path.open(encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)["code"]
+        for number, line in enumerate(f, 1):
+            try:
+                code = json.loads(line)["code"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise SystemExit(f"{path}:{number}: expected a JSON object with a \"code\" string ({e})")
+            if not isinstance(code, str):
+                raise SystemExit(f"{path}:{number}: \"code\" must be a string, got {type(code).__name__}")
+            yield code
 
 
 def train(corpus: Path, out: Path, vocab_size: int) -> Path:
@@ -59,6 +66,10 @@ def main():
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--vocab-size", type=int, default=8192)
     args = parser.parse_args()
+    if not args.corpus.is_file():
+        parser.error(f"--corpus {args.corpus}: no such file")
+    if args.vocab_size < 257 + len(FIM_TOKENS):
+        parser.error(f"--vocab-size must hold the 256 bytes, end-of-text and the FIM sentinels, got {args.vocab_size}")
     out = train(args.corpus, args.out, args.vocab_size)
     tokenizer = load_tokenizer(out)
     n_tokens = sum(len(ids) for ids in tokenizer.encode_batch(list(read_corpus(args.corpus))))

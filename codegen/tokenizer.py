@@ -25,6 +25,7 @@ ValueError in decode.
 import json
 import re
 import shutil
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -41,9 +42,20 @@ END_OF_TEXT_ID = 50256
 VOCAB_FILE, MERGES_FILE, ADDED_TOKENS_FILE, CONFIG_FILE = (
     "vocab.json", "merges.txt", "added_tokens.json", "tokenizer_config.json")
 
+# Fill-in-the-middle sentinels, in the order training adds them to a vocabulary that lacks them
+FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX = "<fim_prefix>", "<fim_middle>", "<fim_suffix>"
+FIM_TOKENS = (FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX)
+
 # CodeGeeX: a run of n spaces (2 <= n <= 10) is written as this added token before encoding.
 CODEGEEX_LONGEST_SPACE_RUN = 10
 CODEGEEX_SPACE_RUNS = {f"<|extratoken_{8 + n}|>": n for n in range(2, CODEGEEX_LONGEST_SPACE_RUN + 1)}
+
+
+@dataclass(frozen=True)
+class FimSentinels:
+    prefix: int
+    middle: int
+    suffix: int
 
 
 class Tokenizer:
@@ -87,6 +99,13 @@ class Tokenizer:
     def special_token_ids(self) -> dict[str, int]:
         """Special token text -> id: `<|endoftext|>` and whatever `add_special_tokens` added."""
         return dict(self._special)
+
+    @property
+    def fim_sentinels(self) -> FimSentinels | None:
+        """The fill-in-the-middle sentinel ids, or None if this vocabulary cannot infill."""
+        if not all(name in self._special for name in FIM_TOKENS):
+            return None
+        return FimSentinels(*(self._special[name] for name in FIM_TOKENS))
 
     # ---- encoding -------------------------------------------------------------------------------
 

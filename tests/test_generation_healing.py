@@ -14,6 +14,7 @@ import pytest
 
 from codegen.checkpoints import init_random_codegen, load_model
 from codegen.generation import GenerationConfig, Request, generate, stream
+from codegen.generation.beam import _PromptSearch
 from codegen.generation.detokenize import IncrementalText
 from codegen.tokenizer import codegen_tokenizer, load_tokenizer
 
@@ -63,6 +64,33 @@ def test_the_first_token_extends_the_healed_text_and_the_output_omits_it(bpe_mod
         full = tokenizer.decode(sequence.token_ids)
         assert sequence.text == full[1:]
         assert "".join(e.text for e in streamed if e.index == row) == sequence.text
+
+
+def test_beam_search_heals_the_prompt_too(bpe_model):
+    model, tokenizer = bpe_model
+    prompt = tokenizer.encode("class A:\n    def f(self):\n")
+    config = GenerationConfig(max_new_tokens=6, decode_strategy="beam_search", num_beams=3, num_return_sequences=3)
+    with paddle.no_grad():
+        sequences = generate(model, tokenizer, [prompt], config)[0]
+    assert len(sequences) == 3
+    for sequence in sequences:
+        assert sequence.token_ids[0] in tokenizer.ids_starting_with("\n")
+        assert sequence.text == tokenizer.decode(sequence.token_ids)[1:]
+
+
+def test_beam_search_stops_count_only_after_the_healed_text():
+    tokenizer = ByteTokenizer(pieces={300: b"\n    x", 301: b" = 1\n", 302: b"y"})
+    config = GenerationConfig(max_new_tokens=4, decode_strategy="beam_search", num_beams=1, stop=["\n"])
+    search = _PromptSearch(config, tokenizer, stop_window=8, healed="\n", first_choices=[300])
+    scores = np.full((1, 303), -50.0, dtype=np.float32)
+    for length, token in enumerate([300, 301], start=1):
+        step_scores = scores.copy()
+        step_scores[0, token] = 0.0
+        search.advance(step_scores, step_scores, length)
+        # the prompt's own newline does not stop the beam; the generated one does
+        assert search.done == (token == 301)
+    [sequence] = search.results()
+    assert sequence.text == "    x = 1" and sequence.finish_reason == "stop"
 
 
 def test_a_hidden_prefix_never_shows_and_only_stops_that_end_after_it_count():

@@ -23,7 +23,8 @@ import pytest
 from conftest import make_tiny_codegen
 
 from codegen.server.app import DROPPED_HEADER, MAX_TOKENS_HEADER, create_app, load_predictor
-from codegen.server.prompts import FIM_TOKENS, prepare_prompt
+from codegen.server.prompts import prepare_prompt
+from codegen.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FIM_TOKENS
 from codegen.server.settings import Settings, add_arguments, settings_from_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -536,7 +537,7 @@ def fake_predictor(tokenizer, context):
 def test_suffix_builds_a_psm_prompt_when_the_tokenizer_has_fim_tokens(fim_model_dir):
     from codegen.tokenizer import load_tokenizer
     tok = load_tokenizer(fim_model_dir)
-    pre, suf, mid = (tok.special_token_ids[t] for t in FIM_TOKENS)
+    pre, suf, mid = (tok.special_token_ids[t] for t in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE))
     prepared = prepare_prompt(fake_predictor(tok, 2048), "def f(x):\n    ", "\n    return y\n", 16)
     assert prepared.ids == [pre, *tok.encode("def f(x):\n    "), suf, *tok.encode("\n    return y\n"), mid]
     # too long: the prefix loses its start, the suffix its end, the sentinels stay

@@ -179,7 +179,10 @@ def test_decode_bytes_keeps_characters_split_across_tokens(toks):
 @pytest.mark.parametrize("family, first", [("codegen", 50295), ("codegeex", 50400)])
 def test_added_special_tokens_get_next_ids_and_stay_whole(family, first):
     tok = load_tokenizer(family)
+    assert tok.fim_sentinels is None
     assert tok.add_special_tokens(FIM) == [first, first + 1, first + 2]
+    assert (tok.fim_sentinels.prefix, tok.fim_sentinels.middle, tok.fim_sentinels.suffix) == (
+        first, first + 1, first + 2)
     assert len(tok) == first + 3
     assert tok.add_special_tokens(FIM[::-1] + ["<|endoftext|>"]) == [first + 2, first + 1, first, 50256]
     assert len(tok) == first + 3

@@ -7,7 +7,8 @@ import pytest
 
 from codegen.tokenizer import codegen_tokenizer
 from codegen.training.data import BlockDataset, find_data_files, tokenize_to_cache
-from codegen.training.fim import FIM_TOKENS, FimTransform, add_fim_tokens
+from codegen.tokenizer import FIM_TOKENS
+from codegen.training.fim import FimTransform, add_fim_tokens
 
 DOCS = ["def add(a, b):\n    return a + b\n", "x = 1\n", "class A:\n    pass\n"]
 

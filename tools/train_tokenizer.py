@@ -17,7 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from codegen.tokenizer import END_OF_TEXT, load_tokenizer  # noqa: E402
-from codegen.training.fim import FIM_TOKENS  # noqa: E402
+from codegen.tokenizer import FIM_TOKENS  # noqa: E402
 
 
 def read_corpus(path: Path):

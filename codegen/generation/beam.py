@@ -16,7 +16,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .batching import check_prompt, left_pad, PAD_ID, prefill, select_rows, step, usable_vocab
+from .batching import (check_prompt, heal_prompt, left_pad, only_choices, PAD_ID, prefill, select_rows, step,
+                       usable_vocab)
 from .config import GenerationConfig
 from .detokenize import IncrementalText
 from .outputs import Sequence
@@ -55,10 +56,16 @@ def _history(node: _Node | None) -> list[_Node]:
 class _PromptSearch:
     """The beams and finished hypotheses of one prompt."""
 
-    def __init__(self, config: GenerationConfig, tokenizer, stop_window: int):
+    def __init__(self, config: GenerationConfig, tokenizer, stop_window: int, healed: str = "",
+                 first_choices: list[int] | None = None):
         self.config = config
         self.tokenizer = tokenizer
         self.stop_window = stop_window
+        # a healed prompt's last token is regenerated: the first token must start with its text,
+        # which stays out of the results and cannot be part of a stop string that ends within it
+        self.healed = healed
+        self.first_choices = first_choices
+        self.stops = [s.encode("utf-8") for s in config.stop]
         n = config.num_beams
         # only the first beam is live at the start, so the first step draws n different tokens
         self.beams = [_Beam(None, 0.0 if i == 0 else -math.inf, b"") for i in range(n)]
@@ -91,7 +98,7 @@ class _PromptSearch:
                 continue
             node = _Node(token, float(raw_logprobs[parent, token]),
                          self._top(raw_logprobs[parent]), beam.last)
-            tail, stopped = self._text_tail(beam.tail, token)
+            tail, stopped = self._text_tail(beam.tail, token, first=length == 1)
             if stopped:
                 if rank < n:
                     self._add(node, total, length, "stop")
@@ -117,13 +124,14 @@ class _PromptSearch:
             return None
         return top_alternatives(raw_logprobs, self.config.logprobs, lambda t: self.tokenizer.decode([t]))
 
-    def _text_tail(self, tail: bytes, token: int) -> tuple[bytes, bool]:
-        if not self.config.stop:
+    def _text_tail(self, tail: bytes, token: int, first: bool) -> tuple[bytes, bool]:
+        if not self.stops:
             return b"", False
-        # any stop string the new token completes lies within the window; earlier
-        # ones would have ended the beam already
+        # a stop string counts if it ends in the new token's bytes: any stop it completes lies
+        # within the window, earlier ones would have ended the beam already
         data = tail + self.tokenizer.decode_bytes([token])
-        stopped = find_stop(data.decode("utf-8", errors="replace"), self.config.stop) >= 0
+        already_seen = len(self.healed.encode("utf-8")) if first else len(tail)
+        stopped = find_stop(data, self.stops, min_end=already_seen) >= 0
         return data[-self.stop_window:], stopped
 
     def _add(self, last: _Node | None, total: float, length: int, reason: str) -> None:
@@ -151,7 +159,7 @@ class _PromptSearch:
         out = []
         for hyp in self.finished[:self.config.num_return_sequences]:
             nodes = _history(hyp.last)
-            text = IncrementalText(self.tokenizer, self.config.stop)
+            text = IncrementalText(self.tokenizer, self.config.stop, hidden=self.healed)
             for node in nodes:
                 if text.add(node.token):
                     break
@@ -173,7 +181,12 @@ def beam_search(model, tokenizer, prompt_ids: list[list[int]], config: Generatio
         return []
     n = config.num_beams
     stop_window = max((len(s.encode("utf-8")) for s in config.stop), default=0) + 4
-    searches = [_PromptSearch(config, tokenizer, stop_window) for _ in prompts]
+    usable = usable_vocab(model, tokenizer)
+    searches = []
+    for i, prompt in enumerate(prompts):
+        prompt, healed = heal_prompt(tokenizer, prompt, usable)
+        prompts[i] = prompt
+        searches.append(_PromptSearch(config, tokenizer, stop_window, *healed))
 
     ids, mask = left_pad(prompts, PAD_ID)
     cache = model.new_cache(len(prompts), max_length=ids.shape[1] + config.max_new_tokens)
@@ -186,12 +199,15 @@ def beam_search(model, tokenizer, prompt_ids: list[list[int]], config: Generatio
         seen = np.zeros(logits.shape, dtype=bool)
         for row, prompt_index in enumerate(rows):
             seen[row, prompts[prompt_index]] = True
-    usable = usable_vocab(model, tokenizer)
     eos = tokenizer.eos_token_id
 
     active = list(searches)
     for length in range(1, config.max_new_tokens + 1):
         logits[:, usable:] = -np.inf
+        if length == 1:
+            for a, search in enumerate(active):
+                if search.first_choices is not None:
+                    only_choices(logits[a * n:(a + 1) * n], search.first_choices)
         raw_logprobs = log_softmax(logits)
         if seen is not None:
             apply_repetition_penalty(logits, seen, np.full(len(logits), config.repetition_penalty))

@@ -11,8 +11,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .batching import (check_prompt, copy_positions, left_pad, PAD_ID, prefill, select_rows, step,
-                       usable_vocab)
+from .batching import (check_prompt, copy_positions, heal_prompt, left_pad, only_choices, PAD_ID, prefill,
+                       select_rows, step, usable_vocab)
 from .beam import beam_search
 from .config import GenerationConfig
 from .detokenize import IncrementalText
@@ -102,11 +102,7 @@ class Stream:
             if config.decode_strategy == "beam_search":
                 raise ValueError(f"requests[{i}]: beam search cannot be streamed; use generate()")
             prompt = check_prompt(model, request.prompt_ids, config.max_new_tokens, f"requests[{i}]")
-            prompt, healed = tokenizer.heal(prompt) if hasattr(tokenizer, "heal") else (prompt, "")
-            first_choices = None
-            if healed:
-                usable = usable_vocab(model, tokenizer)
-                first_choices = [t for t in tokenizer.ids_starting_with(healed) if t < usable]
+            prompt, (healed, first_choices) = heal_prompt(tokenizer, prompt, usable_vocab(model, tokenizer))
             for j in range(config.num_return_sequences):
                 # a seed gives each sequence its own stream, whatever else is in the batch
                 rng = np.random.default_rng(None if config.seed is None else [config.seed, j])
@@ -197,9 +193,7 @@ class Stream:
         logits[:, usable:] = -np.inf
         for i, row in enumerate(active):
             if row.first_choices is not None and not row.tokens and row.finish_reason is None:
-                choices = logits[i, row.first_choices]
-                logits[i] = -np.inf
-                logits[i, row.first_choices] = choices
+                only_choices(logits[i:i + 1], row.first_choices)
         raw_logprobs = log_softmax(logits)
         scores = logits
         if seen is not None:

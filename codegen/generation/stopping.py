@@ -1,9 +1,15 @@
 """Stop strings: where one first occurs, and how much text might still start one."""
 from __future__ import annotations
 
+from typing import Sequence, TypeVar
 
-def find_stop(text: str, stops: list[str], min_end: int = 0) -> int:
-    """Index of the earliest occurrence of any stop string in `text` that ends after `min_end`, or -1."""
+Text = TypeVar("Text", str, bytes)
+
+
+def find_stop(text: Text, stops: Sequence[Text], min_end: int = 0) -> int:
+    """Index of the earliest occurrence of any stop string in `text` that ends after `min_end`, or -1.
+
+    Text and stops are both str, or both UTF-8 bytes (then indices count bytes)."""
     found = [i for i in (text.find(s, max(0, min_end - len(s) + 1)) for s in stops) if i >= 0]
     return min(found, default=-1)
 

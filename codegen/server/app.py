@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .completions import CompletionRun
 from .engine import Engine, Job, NotReady, QueueFull
-from .prompts import fim_token_ids, prepare_prompt
+from .prompts import prepare_prompt
 from .protocol import APIError, CompletionParams, Defaults, Limits, bad_request, parse_completion, parse_json
 from .settings import Settings
 
@@ -145,7 +145,7 @@ def create_app(settings: Settings, load=None, on_load_failure=None) -> FastAPI:
         return {"object": "list", "data": [{
             "id": model_id(predictor), "object": "model", "created": int(engine.loaded_at), "owned_by": "codegen",
             "context_length": predictor.context_length,
-            "infill": fim_token_ids(predictor.tokenizer) is not None,
+            "infill": predictor.tokenizer.fim_sentinels is not None,
         }]}
 
     @app.get("/copilot_internal/v2/token")
@@ -172,7 +172,7 @@ def create_app(settings: Settings, load=None, on_load_failure=None) -> FastAPI:
         predictor = require_ready()
         limits = Limits(predictor.context_length, len(predictor.tokenizer), settings.max_batch_size)
         params = parse_completion(parse_json(await request.body()), limits, defaults)
-        if params.echo and params.suffix is not None and fim_token_ids(predictor.tokenizer) is not None:
+        if params.echo and params.suffix is not None and predictor.tokenizer.fim_sentinels is not None:
             raise bad_request("echo", "echo cannot be combined with suffix: an infilling prompt is not the text sent")
         try:
             prompts = await asyncio.to_thread(

@@ -8,16 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
-
-
-def fim_token_ids(tokenizer) -> tuple[int, int, int] | None:
-    """The prefix, suffix and middle sentinel ids, or None if the model cannot infill."""
-    special = getattr(tokenizer, "special_token_ids", None) or {}
-    if all(name in special for name in FIM_TOKENS):
-        return tuple(special[name] for name in FIM_TOKENS)
-    return None
-
 
 @dataclass(frozen=True)
 class PreparedPrompt:
@@ -34,7 +24,7 @@ def prepare_prompt(predictor, prompt: str | list[int], suffix: str | None, max_t
     """
     tokenizer = predictor.tokenizer
     ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-    fim = fim_token_ids(tokenizer)
+    fim = tokenizer.fim_sentinels
     if suffix is not None and fim is not None:
         return _prepare_infill(predictor, ids, tokenizer.encode(suffix), fim, max_tokens)
     if not ids:
@@ -46,13 +36,13 @@ def prepare_prompt(predictor, prompt: str | list[int], suffix: str | None, max_t
 
 
 def _prepare_infill(predictor, prefix: list[int], suffix: list[int], fim, max_tokens) -> PreparedPrompt:
-    prefix_id, suffix_id, middle_id = fim
+    prefix_id, suffix_id, middle_id = fim.prefix, fim.suffix, fim.middle
     whole = [prefix_id, *prefix, suffix_id, *suffix, middle_id]
     kept, max_new, truncated = predictor.fit(whole, max_tokens)
     if truncated:
         # the code next to the cursor matters most: cut the prefix's start and the
         # suffix's end, giving the suffix up to a quarter of the room
-        room = len(kept) - len(fim)
+        room = len(kept) - 3
         suffix_keep = min(len(suffix), max(room // 4, room - len(prefix)))
         prefix = prefix[len(prefix) - (room - suffix_keep):]
         suffix = suffix[:suffix_keep]

@@ -9,18 +9,8 @@ tokenized on its own, as in the paper, so no token spans a cut.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
-# the names the server looks up to build infilling prompts (codegen/server/prompts.py)
-FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX = "<fim_prefix>", "<fim_middle>", "<fim_suffix>"
-FIM_TOKENS = (FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX)
-
-
-@dataclass(frozen=True)
-class FimSentinels:
-    prefix: int
-    middle: int
-    suffix: int
+from ..tokenizer import FIM_TOKENS, FimSentinels
 
 
 def add_fim_tokens(tokenizer) -> tuple[FimSentinels, list[str]]:
@@ -28,8 +18,7 @@ def add_fim_tokens(tokenizer) -> tuple[FimSentinels, list[str]]:
     missing = [name for name in FIM_TOKENS if name not in tokenizer.special_token_ids]
     if missing:
         tokenizer.add_special_tokens(missing)
-    ids = tokenizer.special_token_ids
-    return FimSentinels(ids[FIM_PREFIX], ids[FIM_MIDDLE], ids[FIM_SUFFIX]), missing
+    return tokenizer.fim_sentinels, missing
 
 
 def validate_rates(fim_rate: float, fim_spm_rate: float) -> None:

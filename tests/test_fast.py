@@ -88,6 +88,19 @@ def test_int8_uses_symmetric_absmax_scales_per_output_row():
     assert np.all(np.abs(dequantized(layer) - w) <= layer.weight_scale.numpy()[:, None] / 2 + 1e-7)
 
 
+@needs_kernels
+@pytest.mark.parametrize("rows", [1, 4])
+def test_int8_matvec_long_rows_of_extreme_values_do_not_overflow(rows):
+    # int8 weights meet int16-rounded activations in int32 sums: with every weight at +-127 and
+    # every activation at its row's maximum, 12,325 columns would overflow one int32 lane
+    k = 3 * 4096 + 37
+    weight = np.where(np.arange(2 * k).reshape(2, k) % 3 == 0, -1.0, 1.0).astype(np.float32)
+    layer = WeightOnlyLinear(paddle.to_tensor((127 * weight).astype(np.int8)), paddle.full([2], 0.5))
+    x = np.tile(np.where(np.arange(k) % 3 == 0, -2.0, 2.0).astype(np.float32), (rows, 1))
+    expected = x @ (0.5 * 127 * weight).T
+    np.testing.assert_allclose(layer(paddle.to_tensor(x)).numpy(), expected, rtol=1e-5)
+
+
 def test_int8_weights_take_about_a_quarter_of_fp32_memory():
     linear = paddle.nn.Linear(1024, 1024)
     layer = WeightOnlyLinear.from_linear(linear, "int8")

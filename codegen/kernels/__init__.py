@@ -89,20 +89,24 @@ class Kernels:
         """Sum of a float32 buffer read by all threads (time it for the memory bandwidth)."""
         return self._run("codegen_read_bandwidth", buffer)[0]
 
-    def decoder_layer(self, x, ln_weight, ln_bias, qkv, out, fc_in, fc_out, key_cache, value_cache,
-                      attention_mask, sin, cos, *, past, num_heads, rotary_dim, mp_num, eps):
+    @staticmethod
+    def block_weights(ln, qkv, out, fc_in, fc_out) -> tuple:
+        """A CodeGen block's tensors in the order `decoder_layer` takes them: a LayerNorm and four
+        `WeightOnlyLinear`s (qkv and out without bias). Build it once per block: decoding calls
+        the operator for every block and token, and looking the tensors up each time shows."""
+        return (ln.weight, ln.bias, qkv.weight, qkv.weight_scale, out.weight, out.weight_scale,
+                fc_in.weight, fc_in.weight_scale, fc_in.bias, fc_out.weight, fc_out.weight_scale, fc_out.bias)
+
+    def decoder_layer(self, x, block_weights: tuple, key_cache, value_cache, attention_mask, sin, cos, *,
+                      past: int, num_heads: int, rotary_dim: int, mp_num: int, eps: float):
         """One CodeGen block for the new tokens x [b, s, embd] fp32; returns its output.
 
-        qkv/out/fc_in/fc_out are `WeightOnlyLinear`s (qkv and out without bias). The new
-        tokens' keys/values are written into the float32 caches [b, heads, max_len, head_dim]
-        at position `past`; `attention_mask` is None or int64 [b, past + s]; sin/cos are
-        the rotary tables [positions, rotary_dim / 2].
+        `block_weights` comes from `block_weights`. The new tokens' keys/values are written into
+        the float32 caches [b, heads, max_len, head_dim] at position `past`; `attention_mask` is
+        None or int64 [b, past + s]; sin/cos are the rotary tables [positions, rotary_dim / 2].
         """
-        return self._run("codegen_decoder_layer", x, ln_weight, ln_bias,
-                         qkv.weight, qkv.weight_scale, out.weight, out.weight_scale,
-                         fc_in.weight, fc_in.weight_scale, fc_in.bias, fc_out.weight, fc_out.weight_scale,
-                         fc_out.bias, key_cache, value_cache, attention_mask, sin, cos,
-                         int(past), int(num_heads), int(rotary_dim), int(mp_num), float(eps))[0]
+        return self._run("codegen_decoder_layer", x, *block_weights, key_cache, value_cache, attention_mask, sin,
+                         cos, past, num_heads, rotary_dim, mp_num, eps)[0]
 
 
 @contextlib.contextmanager

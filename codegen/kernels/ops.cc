@@ -4,7 +4,8 @@
 //   codegen_dequantize          W * scale as fp32, for large batches that go to paddle.matmul
 //   codegen_pack_weight         a paddle.nn.Linear weight [in, out] -> [out, in] int8/bf16/fp16/fp32
 //   codegen_decoder_layer       one whole CodeGen block for a few new tokens, KV cache in place
-//   codegen_read_bandwidth      sums a buffer with all threads: the memory roofline probe
+//   codegen_read_bandwidth      sums a buffer with all threads, prefetching as the matvecs do:
+//                               the memory roofline probe
 //
 // Threads: OpenMP, as many as omp_get_max_threads() (OMP_NUM_THREADS).
 #include <omp.h>
@@ -83,11 +84,11 @@ std::vector<paddle::Tensor> WeightOnlyLinear(const paddle::Tensor& x, const padd
   const float* xp = x.data<float>();
   float* yp = y.data<float>();
   if (num_x <= kMatvecMaxRows) {
+    kern::MatvecInput in(xp, num_x, k);
+    in.prepare(w);
+    const kern::RowChunks chunks(w.rows, kern::row_bytes(w));
 #pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t c = 0; c < kern::row_chunks(w.rows); ++c) {
-      const int64_t r0 = c * kern::kChunkRows, r1 = std::min(r0 + kern::kChunkRows, w.rows);
-      kern::matvec_rows(w, xp, num_x, yp, w.rows, r0, r1);
-    }
+    for (int64_t c = 0; c < chunks.count(); ++c) kern::matvec_rows(w, in, yp, w.rows, chunks.begin(c), chunks.end(c));
   } else {
 #pragma omp parallel
     {
@@ -221,6 +222,7 @@ std::vector<paddle::Tensor> ReadBandwidth(const paddle::Tensor& buffer) {
     simd::vf a = simd::zero(), b = simd::zero(), c = simd::zero(), d = simd::zero();
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < n; i += 4 * simd::kLanes) {
+      kern::prefetch_ahead(p + i, 4 * simd::kLanes * sizeof(float), p + n);
       a = simd::add(a, simd::load(p + i));
       b = simd::add(b, simd::load(p + i + simd::kLanes));
       c = simd::add(c, simd::load(p + i + 2 * simd::kLanes));
@@ -500,6 +502,10 @@ std::vector<paddle::Tensor> DecoderLayer(
   const bool blocked = tokens > kMatvecMaxRows;
 #pragma omp parallel
   {
+    // each thread rounds the matvec inputs for int8 weights itself: a few thousand values,
+    // cheaper than the barrier that sharing one copy would need
+    kern::MatvecInput normed_in(normed.data(), tokens, s.embd), attn_in(attn.data(), tokens, s.embd),
+        inner_in(inner.data(), tokens, s.inner);
     std::vector<float> scratch;
     std::vector<float> panel(blocked ? kern::kDepth * kern::kPanel : 0);
 #pragma omp for schedule(static)
@@ -511,13 +517,16 @@ std::vector<paddle::Tensor> DecoderLayer(
     // over their rows taken as one range
     const int64_t qkv_rows = qkv_w.rows, in_rows = in_w.rows;
     if (!blocked) {
+      normed_in.prepare(qkv_w);
+      normed_in.prepare(in_w);
+      const kern::RowChunks chunks(qkv_rows + in_rows, std::max(kern::row_bytes(qkv_w), kern::row_bytes(in_w)));
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t c = 0; c < kern::row_chunks(qkv_rows + in_rows); ++c) {
-        const int64_t r0 = c * kern::kChunkRows, r1 = std::min(r0 + kern::kChunkRows, qkv_rows + in_rows);
+      for (int64_t c = 0; c < chunks.count(); ++c) {
+        const int64_t r0 = chunks.begin(c), r1 = chunks.end(c);
         if (r0 < qkv_rows)
-          kern::matvec_rows(qkv_w, normed.data(), tokens, qkv.data(), qkv_rows, r0, std::min(r1, qkv_rows));
+          kern::matvec_rows(qkv_w, normed_in, qkv.data(), qkv_rows, r0, std::min(r1, qkv_rows));
         if (r1 > qkv_rows)
-          kern::matvec_rows(in_w, normed.data(), tokens, inner.data(), in_rows, std::max(r0, qkv_rows) - qkv_rows,
+          kern::matvec_rows(in_w, normed_in, inner.data(), in_rows, std::max(r0, qkv_rows) - qkv_rows,
                             r1 - qkv_rows);
       }
     } else {
@@ -552,11 +561,14 @@ std::vector<paddle::Tensor> DecoderLayer(
 
     // attention output and the MLP output land on the same residual rows
     if (!blocked) {
+      attn_in.prepare(out_w);
+      inner_in.prepare(fc_out_w);
+      const kern::RowChunks chunks(s.embd, kern::row_bytes(out_w) + kern::row_bytes(fc_out_w));
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t c = 0; c < kern::row_chunks(s.embd); ++c) {
-        const int64_t r0 = c * kern::kChunkRows, r1 = std::min(r0 + kern::kChunkRows, s.embd);
-        kern::matvec_rows(out_w, attn.data(), tokens, proj.data(), s.embd, r0, r1);
-        kern::matvec_rows(fc_out_w, inner.data(), tokens, mlp.data(), s.embd, r0, r1);
+      for (int64_t c = 0; c < chunks.count(); ++c) {
+        const int64_t r0 = chunks.begin(c), r1 = chunks.end(c);
+        kern::matvec_rows(out_w, attn_in, proj.data(), s.embd, r0, r1);
+        kern::matvec_rows(fc_out_w, inner_in, mlp.data(), s.embd, r0, r1);
       }
     } else {
       const int64_t out_panels = kern::gemm_panel_count(out_w);

@@ -62,6 +62,29 @@ inline vf load_fp16(const uint16_t* p) {
 inline vf load_int8(const int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
+
+// int16 lanes for the int8 x int16 dot products: twice as many as float lanes
+constexpr int kI16Lanes = 32;
+using vi = __m512i;
+inline vi zero_i() { return _mm512_setzero_si512(); }
+inline vi add_i(vi a, vi b) { return _mm512_add_epi32(a, b); }
+inline vi load_i16(const int16_t* p) { return _mm512_loadu_si512(p); }
+inline vi load_int8_as_i16(const int8_t* p) {
+  return _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+// acc + a . b: adjacent int16 pairs multiplied and summed into each int32 lane
+inline vi dot_i16(vi acc, vi a, vi b) {
+#if defined(__AVX512VNNI__)
+  return _mm512_dpwssd_epi32(acc, a, b);
+#else
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
+#endif
+}
+inline vf int32_to_float(vi v) { return _mm512_cvtepi32_ps(v); }
+// rounds to nearest and saturates to int16
+inline void store_i16(int16_t* p, vf v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(v)));
+}
 #else
 constexpr int kLanes = 8;
 using vf = __m256;
@@ -107,6 +130,28 @@ inline vf load_fp16(const uint16_t* p) {
 }
 inline vf load_int8(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
+constexpr int kI16Lanes = 16;
+using vi = __m256i;
+inline vi zero_i() { return _mm256_setzero_si256(); }
+inline vi add_i(vi a, vi b) { return _mm256_add_epi32(a, b); }
+inline vi load_i16(const int16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline vi load_int8_as_i16(const int8_t* p) {
+  return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline vi dot_i16(vi acc, vi a, vi b) {
+#if defined(__AVXVNNI__)
+  return _mm256_dpwssd_avx_epi32(acc, a, b);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+#endif
+}
+inline vf int32_to_float(vi v) { return _mm256_cvtepi32_ps(v); }
+inline void store_i16(int16_t* p, vf v) {
+  const __m256i i = _mm256_cvtps_epi32(v);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1)));
 }
 #endif
 

@@ -44,6 +44,8 @@ class FastCodeGenForCausalLM(nn.Layer):
         self.model = model
         self.config = model.config
         self._kernels = kernels
+        self._block_weights = [kernels.block_weights(b.ln_1, b.attn.qkv_proj, b.attn.out_proj, b.mlp.fc_in, b.mlp.fc_out)
+                               for b in model.transformer.h]
 
     def new_cache(self, batch_size: int, max_length: int | None = None, dtype: str | None = None) -> KVCache:
         # the fused operator works on a float32 cache whatever the weights' format
@@ -72,13 +74,10 @@ class FastCodeGenForCausalLM(nn.Layer):
         c, model, kernels = self.config, self.model, self._kernels
         mask = attention_mask.astype("int64").contiguous() if attention_mask is not None else None
         x = model.transformer.wte(input_ids)
-        for i, block in enumerate(model.transformer.h):
-            attn, mlp = block.attn, block.mlp
-            x = kernels.decoder_layer(
-                x, block.ln_1.weight, block.ln_1.bias, attn.qkv_proj, attn.out_proj, mlp.fc_in, mlp.fc_out,
-                cache.keys[i], cache.values[i], mask, model.rotary_sin, model.rotary_cos,
-                past=cache.length, num_heads=c.n_head, rotary_dim=c.rotary_dim, mp_num=MP_NUM,
-                eps=c.layer_norm_epsilon)
+        sin, cos, past, eps = model.rotary_sin, model.rotary_cos, int(cache.length), float(c.layer_norm_epsilon)
+        for i, weights in enumerate(self._block_weights):
+            x = kernels.decoder_layer(x, weights, cache.keys[i], cache.values[i], mask, sin, cos, past=past,
+                                      num_heads=c.n_head, rotary_dim=c.rotary_dim, mp_num=MP_NUM, eps=eps)
         cache.advance(input_ids.shape[1])
         if last_only:
             x = x[:, -1:]

@@ -3,7 +3,13 @@
 Attributes are imported on first use so that `import codegen` stays cheap
 (Paddle itself loads only when a model does).
 """
+import warnings
+
 __version__ = "0.1.0"
+
+# `import paddle` warns that ccache is missing, a hint for people compiling Paddle extensions; our
+# kernels build once per machine, so for codegen's users it is only noise
+warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
 
 _LAZY = {
     "Taskflow": ("codegen.taskflow", "Taskflow"),

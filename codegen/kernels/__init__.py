@@ -127,13 +127,28 @@ def _library_path(root: Path, name: str) -> Path:
 
 def _build(root: Path, name: str) -> Path:
     logger.warning("compiling codegen's CPU kernels into %s (once per machine, ~20 s)", root / name)
-    # paddle's builder warns about ccache and prints progress: noise for our users
-    with contextlib.redirect_stdout(None), warnings.catch_warnings():
+    # paddle's builder warns about ccache and prints progress, here and in the setup.py process
+    # it starts: noise for our users
+    with contextlib.redirect_stdout(None), warnings.catch_warnings(), _environment(PYTHONWARNINGS="ignore"):
         warnings.simplefilter("ignore")
         from paddle.utils.cpp_extension import load as build_extension
         build_extension(name=name, sources=[str(_HERE / "ops.cc")], extra_cxx_cflags=_CXX_FLAGS,
                         extra_ldflags=_LD_FLAGS, build_directory=str(root), verbose=False)
     return _library_path(root, name)
+
+
+@contextlib.contextmanager
+def _environment(**values):
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def load() -> Kernels | None:

@@ -39,18 +39,18 @@ def usable_vocab(model, tokenizer) -> int:
     return min(len(tokenizer), model.config.vocab_size)
 
 
-def heal_prompt(tokenizer, prompt: list[int], usable: int) -> tuple[list[int], tuple[str, list[int] | None]]:
-    """(prompt to feed, (healed text, allowed first tokens or None)).
+def heal_prompt(tokenizer, prompt: list[int], usable: int) -> tuple[list[int], str, list[int] | None]:
+    """(prompt to feed, healed text, allowed first tokens or None).
 
     A tokenizer that heals takes a trailing whitespace token off the prompt; the first
     generated token must then start with that text (see Tokenizer.heal).
     """
     if not hasattr(tokenizer, "heal"):
-        return prompt, ("", None)
+        return prompt, "", None
     prompt, healed = tokenizer.heal(prompt)
     if not healed:
-        return prompt, ("", None)
-    return prompt, (healed, [t for t in tokenizer.ids_starting_with(healed) if t < usable])
+        return prompt, "", None
+    return prompt, healed, [t for t in tokenizer.ids_starting_with(healed) if t < usable]
 
 
 def only_choices(logits: np.ndarray, choices: list[int]) -> None:

@@ -184,9 +184,8 @@ def beam_search(model, tokenizer, prompt_ids: list[list[int]], config: Generatio
     usable = usable_vocab(model, tokenizer)
     searches = []
     for i, prompt in enumerate(prompts):
-        prompt, healed = heal_prompt(tokenizer, prompt, usable)
-        prompts[i] = prompt
-        searches.append(_PromptSearch(config, tokenizer, stop_window, *healed))
+        prompts[i], healed, first_choices = heal_prompt(tokenizer, prompt, usable)
+        searches.append(_PromptSearch(config, tokenizer, stop_window, healed, first_choices))
 
     ids, mask = left_pad(prompts, PAD_ID)
     cache = model.new_cache(len(prompts), max_length=ids.shape[1] + config.max_new_tokens)

@@ -102,7 +102,7 @@ class Stream:
             if config.decode_strategy == "beam_search":
                 raise ValueError(f"requests[{i}]: beam search cannot be streamed; use generate()")
             prompt = check_prompt(model, request.prompt_ids, config.max_new_tokens, f"requests[{i}]")
-            prompt, (healed, first_choices) = heal_prompt(tokenizer, prompt, usable_vocab(model, tokenizer))
+            prompt, healed, first_choices = heal_prompt(tokenizer, prompt, usable_vocab(model, tokenizer))
             for j in range(config.num_return_sequences):
                 # a seed gives each sequence its own stream, whatever else is in the batch
                 rng = np.random.default_rng(None if config.seed is None else [config.seed, j])

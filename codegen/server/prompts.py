@@ -36,13 +36,14 @@ def prepare_prompt(predictor, prompt: str | list[int], suffix: str | None, max_t
 
 
 def _prepare_infill(predictor, prefix: list[int], suffix: list[int], fim, max_tokens) -> PreparedPrompt:
-    prefix_id, suffix_id, middle_id = fim.prefix, fim.suffix, fim.middle
+    sentinels = (fim.prefix, fim.suffix, fim.middle)
+    prefix_id, suffix_id, middle_id = sentinels
     whole = [prefix_id, *prefix, suffix_id, *suffix, middle_id]
     kept, max_new, truncated = predictor.fit(whole, max_tokens)
     if truncated:
         # the code next to the cursor matters most: cut the prefix's start and the
         # suffix's end, giving the suffix up to a quarter of the room
-        room = len(kept) - 3
+        room = len(kept) - len(sentinels)
         suffix_keep = min(len(suffix), max(room // 4, room - len(prefix)))
         prefix = prefix[len(prefix) - (room - suffix_keep):]
         suffix = suffix[:suffix_keep]

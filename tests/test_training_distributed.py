@@ -1,4 +1,4 @@
-"""Data-parallel run_clm on CPU: `python -m paddle.distributed.launch --nproc_per_node 2` (gloo).
+"""Data-parallel and sharded (stage 1) run_clm on CPU: `paddle.distributed.launch --nproc_per_node 2`.
 
 Each worker runs the real run_clm main(); a thin wrapper records the blocks the
 rank trained on and its weights after training, for the test to compare.
@@ -44,7 +44,9 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def test_two_ranks_share_the_data_and_end_with_the_same_weights(tiny_model_dir, tmp_path):
+def launch_run_clm(model_dir: Path, tmp_path: Path, *extra: str) -> Path:
+    """run_clm.py (wrapped by WORKER) over 2 CPU processes; returns its output directory."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     train = tmp_path / "train.jsonl"
     lines = (REPO / "examples" / "data" / "train.json").read_text().splitlines(keepends=True)[:40]
     train.write_text("".join(lines))
@@ -53,14 +55,19 @@ def test_two_ranks_share_the_data_and_end_with_the_same_weights(tiny_model_dir, 
     out = tmp_path / "out"
     command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
                "--log_dir", str(tmp_path / "logs"), str(worker),
-               "--model_name_or_path", str(tiny_model_dir), "--train_file", str(train),
+               "--model_name_or_path", str(model_dir), "--train_file", str(train),
                "--data_cache_dir", str(tmp_path / "cache"), "--output_dir", str(out), "--block_size", "32",
                "--per_device_train_batch_size", "2", "--max_steps", "12", "--logging_steps", "3",
-               "--save_steps", "12", "--learning_rate", "5e-3", "--seed", "3"]
+               "--save_steps", "12", "--learning_rate", "5e-3", "--seed", "3", *extra]
     result = subprocess.run(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
                             capture_output=True, text=True, timeout=600)
     logs = "".join(p.read_text() for p in sorted((tmp_path / "logs").glob("workerlog.*")))
     assert result.returncode == 0, (result.stdout + result.stderr + logs)[-4000:]
+    return out
+
+
+def test_two_ranks_share_the_data_and_end_with_the_same_weights(tiny_model_dir, tmp_path):
+    out = launch_run_clm(tiny_model_dir, tmp_path)
 
     blocks = [json.loads((out / f"rank{r}_blocks.json").read_text()) for r in (0, 1)]
     assert len(blocks[0]) == len(blocks[1]) == 12 * 2
@@ -77,3 +84,19 @@ def test_two_ranks_share_the_data_and_end_with_the_same_weights(tiny_model_dir, 
     losses = [e["loss"] for e in json.loads((out / "metrics.json").read_text())["train_curve"]]
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert (out / "checkpoint-12" / "rng_state_2.pth").is_file()
+
+
+def test_sharding_stage1_trains_to_the_data_parallel_weights(tiny_model_dir, tmp_path):
+    """Stage 1 splits only the optimizer state across ranks, so it must reach the weights plain
+    data parallelism reaches, up to the order of floating-point sums in its gradient reduction."""
+    data_parallel = load_file(str(launch_run_clm(tiny_model_dir, tmp_path / "dp") / "model.safetensors"))
+    sharded_out = launch_run_clm(tiny_model_dir, tmp_path / "stage1", "--sharding", "stage1")
+    sharded = load_file(str(sharded_out / "model.safetensors"))
+    initial = load_file(str(tiny_model_dir / "model.safetensors"))
+    assert sharded.keys() == data_parallel.keys()
+    for name in sharded:
+        moved = np.abs(data_parallel[name] - initial[name]).max()
+        assert np.allclose(sharded[name], data_parallel[name], rtol=0, atol=max(1e-5, 1e-3 * moved)), name
+    ranks = [np.load(sharded_out / f"rank{r}_weights.npz") for r in (0, 1)]
+    for name in sharded:
+        assert np.array_equal(ranks[0][name], ranks[1][name]), name

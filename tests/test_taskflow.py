@@ -144,3 +144,12 @@ def test_a_non_python_language_is_not_cut_at_python_lines(tiny_model_dir):
     flow = Taskflow("code_generation", model=str(tiny_model_dir), language="C++", max_length=4)
     assert flow.config.stop == [] and not flow.paddlenlp_cut
     assert Taskflow("code_generation", model=str(tiny_model_dir), language="py").paddlenlp_cut
+
+
+def test_the_readmes_use_it_output_is_what_taskflow_prints():
+    import ast
+    from pathlib import Path
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    shown = readme.split("prints (the shipped model, cut by PaddleNLP's rules below")[1].split("```\n")[1]
+    flow = Taskflow("code_generation", decode_strategy="greedy_search")
+    assert flow(["import sys\ndef main():\n    print(sys.argv)", "def add(a, b):"]) == ast.literal_eval(shown)

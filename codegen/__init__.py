@@ -18,6 +18,9 @@ _LAZY = {
     "convert": ("codegen.checkpoints", "convert"),
     "load_tokenizer": ("codegen.tokenizer", "load_tokenizer"),
     "GenerationConfig": ("codegen.generation", "GenerationConfig"),
+    # PaddleNLP's low-level API (paddlenlp.transformers' names)
+    **{name: ("codegen.paddlenlp_api", name) for name in (
+        "CodeGenTokenizer", "CodeGenForCausalLM", "CodeGeeXTokenizer", "CodeGeeXForCausalLM")},
 }
 
 __all__ = list(_LAZY)

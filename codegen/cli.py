@@ -1,4 +1,4 @@
-"""The `codegen` command: generate, convert, init, serve, eval."""
+"""The `codegen` command: generate, translate, convert, init, serve, eval."""
 from __future__ import annotations
 
 import argparse
@@ -15,17 +15,32 @@ def _generate(args):
         repetition_penalty=args.repetition_penalty, num_return_sequences=args.num_return_sequences,
         stop=args.stop or [], seed=args.seed)
     config.validate()
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    text = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = text
+    if args.language is not None:
+        # the tag tells CodeGeeX the language; the output shows the prompt as given
+        from .languages import with_language_tag
+        prompt = with_language_tag(text, args.language)
     predictor = Predictor(args.model, device=args.device, quantize=args.quantize, use_fast=args.use_fast)
     if args.stream and args.num_return_sequences == 1 and args.decode_strategy != "beam_search":
-        sys.stdout.write(prompt)
+        sys.stdout.write(text)
         for event in predictor.stream([(prompt, config)]):
             sys.stdout.write(event.text)
             sys.stdout.flush()
         sys.stdout.write("\n")
         return
     for seq in predictor.generate([prompt], config)[0]:
-        sys.stdout.write(prompt + seq.text + "\n")
+        sys.stdout.write(text + seq.text + "\n")
+
+
+def _translate(args):
+    from pathlib import Path
+    from .taskflow import Taskflow
+    source = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    flow = Taskflow("code_translation", model=args.model, source_language=args.source,
+                    target_language=args.target, target_prefix=args.target_prefix, max_length=args.max_length,
+                    device=args.device, quantize=args.quantize)
+    sys.stdout.write(flow(source)[0] + "\n")
 
 
 def _convert(args):
@@ -79,6 +94,8 @@ def _add_generate(sub):
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--num-return-sequences", type=int, default=1)
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--language", default=None, help="start the prompt with CodeGeeX's tag for this language "
+                   "(e.g. C++, Go, Python)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: gpu if available)")
     p.add_argument("--quantize", default=None, choices=["int8"])
@@ -86,6 +103,20 @@ def _add_generate(sub):
                    help="the compiled fast path (default: when available)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.set_defaults(func=_generate)
+
+
+def _add_translate(sub):
+    p = sub.add_parser("translate", help="translate a source file to another language (CodeGeeX's prompt)")
+    p.add_argument("file", help="the source code ('-' reads standard input)")
+    p.add_argument("--source", required=True, help="its language, e.g. python")
+    p.add_argument("--target", required=True, help="the language to translate to, e.g. go")
+    p.add_argument("--target-prefix", default="", help="how the translation starts, e.g. the target signature")
+    p.add_argument("--model", default=None, help="converted checkpoint directory or public name (a CodeGeeX "
+                   "model translates; default: the small model shipped in the package)")
+    p.add_argument("--max-length", type=int, default=512, help="maximum number of new tokens")
+    p.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: gpu if available)")
+    p.add_argument("--quantize", default=None, choices=["int8"])
+    p.set_defaults(func=_translate)
 
 
 def _add_convert(sub):
@@ -107,6 +138,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="codegen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_translate(sub)
     _add_convert(sub)
     _add_init(sub)
     _add_serve(sub)

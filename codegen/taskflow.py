@@ -2,7 +2,9 @@
 
 Keyword arguments and defaults follow PaddleNLP's code_generation task, so code
 written for it runs unchanged; `max_length`/`min_length` count new tokens there
-and here.
+and here. Its output too: each completion is cut before the first unindented
+`class`, `def`, `#`, `@`, `print` or `if` line and stripped of trailing
+whitespace, unless `stop` says otherwise.
 """
 from __future__ import annotations
 
@@ -10,6 +12,10 @@ from .generation import GenerationConfig
 from .predictor import Predictor
 
 STRATEGIES = ("greedy_search", "sampling", "beam_search")
+
+# PaddleNLP's code_generation task splits each decoded completion at the first of these and
+# rstrips it; given as stop strings they also end generation there instead of at max_length
+PADDLENLP_STOPS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif")
 
 
 class CodeGenerationTask:
@@ -23,7 +29,11 @@ class CodeGenerationTask:
             raise ValueError(f"decode_strategy must be one of {', '.join(STRATEGIES)}, got {decode_strategy!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if isinstance(stop, str):
+        # PaddleNLP's stops are Python's (`\n#` would end C++ at its first `#include`)
+        self.paddlenlp_cut = stop is None and (language is None or _is_python(language))
+        if self.paddlenlp_cut:
+            stop = PADDLENLP_STOPS
+        elif isinstance(stop, str):
             stop = [stop]
         self.config = GenerationConfig(
             max_new_tokens=max_length, min_new_tokens=min_length, decode_strategy=decode_strategy,
@@ -64,7 +74,12 @@ class CodeGenerationTask:
         return (completions, scores) if self.output_scores else completions
 
     def completion(self, sequence) -> str:
-        return sequence.text
+        return sequence.text.rstrip() if self.paddlenlp_cut else sequence.text
+
+
+def _is_python(language: str) -> bool:
+    from .languages import canonical_language
+    return canonical_language(language) == "Python"
 
 
 class CodeTranslationTask(CodeGenerationTask):

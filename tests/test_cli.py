@@ -16,8 +16,9 @@ def test_convert_then_generate_greedy_matches_taskflow(tmp_path):
     assert converted.returncode == 0, converted.stderr
     out = codegen("generate", "def fib(n):", "--model", tmp_path / "m", "--max-length", 8)
     assert out.returncode == 0, out.stderr
+    # the command prints the raw continuation: Taskflow without PaddleNLP's cut
     expected = Taskflow("code_generation", model=str(tmp_path / "m"), decode_strategy="greedy_search",
-                        max_length=8, repetition_penalty=1.0)("def fib(n):")[0]
+                        max_length=8, repetition_penalty=1.0, stop=[])("def fib(n):")[0]
     assert out.stdout == "def fib(n):" + expected + "\n"
 
 
@@ -68,3 +69,30 @@ def test_init_takes_its_vocabulary_and_end_of_text_from_a_tokenizer(tmp_path):
     config = load_model(tmp_path / "m").config
     assert tokenizer.family == "bpe" and config.vocab_size == len(tokenizer) == 8192
     assert config.eos_token_id == config.bos_token_id == tokenizer.eos_token_id == 0
+
+
+def test_language_adds_codegeex_tag_to_the_prompt(tiny_model_dir):
+    from codegen import Taskflow
+    out = codegen("generate", "int add(int a, int b) {", "--language", "C++", "--model", tiny_model_dir,
+                  "--max-length", 6)
+    assert out.returncode == 0, out.stderr
+    tagged = Taskflow("code_generation", model=str(tiny_model_dir), decode_strategy="greedy_search", max_length=6,
+                      repetition_penalty=1.0, stop=[])("// language: C++\nint add(int a, int b) {")[0]
+    assert out.stdout == "int add(int a, int b) {" + tagged + "\n"
+    bad = codegen("generate", "x", "--language", "Klingon", "--model", tiny_model_dir)
+    assert bad.returncode == 2 and "unknown language 'Klingon'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_translate_runs_the_code_translation_task(tiny_model_dir, tmp_path):
+    from codegen import Taskflow
+    source = tmp_path / "add.py"
+    source.write_text("def add(a, b):\n    return a + b\n")
+    out = codegen("translate", "--source", "python", "--target", "go", source, "--model", tiny_model_dir,
+                  "--max-length", 6, "--target-prefix", "func add(a int, b int) int {\n")
+    assert out.returncode == 0, out.stderr
+    expected = Taskflow("code_translation", model=str(tiny_model_dir), source_language="python",
+                        target_language="go", target_prefix="func add(a int, b int) int {\n", max_length=6)(
+        source.read_text())[0]
+    assert out.stdout == expected + "\n" and out.stdout.startswith("func add(a int, b int) int {\n")
+    missing = codegen("translate", "--source", "python", "--target", "go", tmp_path / "nope.py")
+    assert missing.returncode == 2 and "nope.py" in missing.stderr and "Traceback" not in missing.stderr

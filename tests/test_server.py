@@ -620,3 +620,103 @@ def test_entry_point_rejects_a_missing_model_before_listening(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "codegen_server.py"), "--model", str(tmp_path / "nope")],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "nope" in result.stderr
+
+
+# -- PaddleNLP codegen_server.py's settings ------------------------------------------------------
+
+def test_settings_default_to_paddlenlp_codegen_servers_and_take_its_names():
+    defaults = Settings()
+    # the "配置参数说明" list of PaddleNLP's examples/code_generation/codegen README
+    assert (defaults.temperature, defaults.top_k, defaults.top_p, defaults.repetition_penalty, defaults.min_length,
+            defaults.max_tokens, defaults.decode_strategy, defaults.use_faster, defaults.use_fp16_decoding) == \
+        (0.5, 10, 1.0, 1.0, 0, 16, "greedy_search", True, True)
+    settings = parse(["--model-name-or-path", "m1", "--max-length", "32", "--no-use-faster", "--top-k", "4"],
+                     {"CODEGEN_USE_FP16_DECODING": "false", "CODEGEN_DECODE_STRATEGY": "sampling",
+                      "CODEGEN_REPETITION_PENALTY": "1.2", "CODEGEN_MIN_LENGTH": "2", "CODEGEN_DEVICE": "cpu"})
+    assert (settings.model, settings.max_tokens, settings.use_faster, settings.use_fp16_decoding, settings.top_k,
+            settings.decode_strategy, settings.repetition_penalty, settings.min_length, settings.device) == \
+        ("m1", 32, False, False, 4, "sampling", 1.2, 2, "cpu")
+    by_env = parse([], {"CODEGEN_MODEL_NAME_OR_PATH": "m2", "CODEGEN_MAX_LENGTH": "8"})
+    assert (by_env.model, by_env.max_tokens) == ("m2", 8)
+    with pytest.raises(ValueError, match="CODEGEN_USE_FASTER"):
+        parse([], {"CODEGEN_USE_FASTER": "maybe"})
+    with pytest.raises(ValueError, match="decode_strategy"):
+        parse(["--decode-strategy", "beam_search"], {})
+
+
+def test_request_fields_override_the_servers_decoding_defaults():
+    from codegen.server.app import generation_config
+    from codegen.server.protocol import Defaults, Limits, parse_completion
+    limits = Limits(256, 1000, 8)
+    greedy = Defaults(16, 0.5, 1.0, 10, "greedy_search", 1.3, 2)
+    params = parse_completion({"prompt": "x"}, limits, greedy)
+    config = generation_config(params, params.max_tokens)
+    assert (config.decode_strategy, config.max_new_tokens, config.min_new_tokens, config.repetition_penalty) == \
+        ("greedy_search", 16, 2, 1.3)
+    asked = generation_config(parse_completion({"prompt": "x", "temperature": 0.1, "max_tokens": 4,
+                                                "frequency_penalty": 0.0}, limits, greedy), 4)
+    assert (asked.decode_strategy, asked.temperature, asked.top_k, asked.max_new_tokens, asked.repetition_penalty) == \
+        ("sampling", 0.1, 10, 4, 1.0)
+    sampling = generation_config(parse_completion({"prompt": "x"}, limits, Defaults(16, 0.5, 1.0, 10, "sampling")), 16)
+    assert (sampling.decode_strategy, sampling.temperature, sampling.top_k) == ("sampling", 0.5, 10)
+
+
+def test_use_faster_and_use_fp16_decoding_pick_the_weights(model_dir):
+    import paddle
+    from codegen.models.codegen import CodeGenForCausalLM
+    from codegen.models.fast import FastCodeGenForCausalLM
+    plain = load_predictor(Settings(model=str(model_dir), use_faster=False, use_fp16_decoding=False))
+    assert type(plain.model) is CodeGenForCausalLM and plain.model.lm_head.weight.dtype == paddle.float32
+    fast = load_predictor(Settings(model=str(model_dir)))
+    assert isinstance(fast.model, FastCodeGenForCausalLM)
+    fp16 = load_predictor(Settings(model=str(model_dir), use_faster=False))
+    assert "float16" in str(fp16.model.transformer.h[0].mlp.fc_in.weight.dtype).lower()
+
+
+# What openai 0.28.1 sends for the PaddleNLP README's client: `openai.api_base = 'http://127.0.0.1:8978'`
+# (no /v1) then `openai.Completion.create(engine='codegen', prompt='def hello', max_tokens=16,
+# temperature=0.1)`: read from its api_requestor (`requests` adds the Accept* and Connection headers)
+OPENAI_0X_PATH = "/engines/codegen/completions"
+OPENAI_0X_HEADERS = {"Content-Type": "application/json", "User-Agent": "OpenAI/v1 PythonBindings/0.28.1",
+                     "X-OpenAI-Client-User-Agent": json.dumps({
+                         "bindings_version": "0.28.1", "httplib": "requests", "lang": "python",
+                         "lang_version": "3.11.7", "platform": "Linux-x86_64", "publisher": "openai",
+                         "uname": "Linux"}),
+                     "Authorization": "Bearer dummy", "Accept": "*/*", "Accept-Encoding": "gzip, deflate",
+                     "Connection": "keep-alive"}
+OPENAI_0X_BODY = json.dumps({"prompt": "def hello", "max_tokens": 16, "temperature": 0.1}).encode()
+
+
+def assert_paddlenlp_readme_response(response: httpx.Response):
+    """The fields the README's printed result shows."""
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["id"].startswith("cmpl-") and result["object"] == "text_completion"
+    [choice] = result["choices"]
+    assert isinstance(choice["text"], str) and choice["index"] == 0 and choice["logprobs"] is None
+    assert choice["finish_reason"] in ("stop", "length")
+    assert 1 <= result["usage"]["completion_tokens"] <= 16
+    return result
+
+
+def test_openai_0x_request_of_the_paddlenlp_readme_is_served(server):
+    response = httpx.post(server + OPENAI_0X_PATH, content=OPENAI_0X_BODY, headers=OPENAI_0X_HEADERS, timeout=60)
+    assert_paddlenlp_readme_response(response)
+    # Completion.create(model=...) instead of engine= posts to /completions
+    response = httpx.post(server + "/completions", content=OPENAI_0X_BODY, headers=OPENAI_0X_HEADERS, timeout=60)
+    assert_paddlenlp_readme_response(response)
+
+
+def test_fauxpilot_setting_of_the_paddlenlp_readme_is_served(server):
+    # "fauxpilot.server": "http://HOST:8978/v1/engines"; the extension appends /<engine>/completions
+    setting = server + "/v1/engines"
+    body = {"model": "codegen", "prompt": "def add(a, b):\n", "max_tokens": 16, "temperature": 0.1, "stop": ["\n\n"]}
+    assert_paddlenlp_readme_response(httpx.post(setting + "/codegen/completions", json=body, timeout=60))
+
+
+def test_a_request_without_temperature_is_greedy_by_default(server):
+    prompt = {"prompt": "def add(a, b):\n"}
+    first, second = (httpx.post(server + "/v1/completions", json=prompt, timeout=60).json() for _ in range(2))
+    greedy = httpx.post(server + "/v1/completions", json={**prompt, "temperature": 0}, timeout=60).json()
+    assert first["choices"][0]["text"] == second["choices"][0]["text"] == greedy["choices"][0]["text"]
+    assert first["usage"]["completion_tokens"] == 16 or first["choices"][0]["finish_reason"] == "stop"

@@ -1,6 +1,7 @@
 """An OpenAI Completions server that editor plug-ins (Copilot included) and the openai package can use.
 
-Routes: POST /v1/completions and /v1/engines/{any name}/completions (Copilot's form), GET /v1/models,
+Routes: POST /v1/completions and /v1/engines/{any name}/completions (Copilot's form; both also without
+/v1, where the openai 0.x package posts with PaddleNLP's api_base), GET /v1/models,
 GET /health (503 while the model loads, 200 once ready), GET /copilot_internal/v2/token (a stub for
 Copilot's token exchange). Every flag has an environment variable (`--max-batch-size` is
 CODEGEN_MAX_BATCH_SIZE); see `codegen serve --help`. A prompt that does not fit the model's context

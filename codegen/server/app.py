@@ -30,6 +30,7 @@ MAX_TOKENS_HEADER = "X-Codegen-Max-Tokens"
 def load_predictor(settings: Settings):
     from ..predictor import Predictor
     return Predictor(settings.model, device=settings.device, quantize=settings.quantize,
+                     use_fast=settings.use_faster, use_fp16_decoding=settings.use_fp16_decoding,
                      prompt_cache_entries=settings.prompt_cache_entries)
 
 
@@ -48,7 +49,8 @@ def generation_config(params: CompletionParams, max_new_tokens: int):
     else:
         strategy = dict(decode_strategy="sampling", temperature=params.temperature, top_k=params.top_k,
                         top_p=params.top_p)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, repetition_penalty=params.repetition_penalty,
+    config = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=min(params.min_tokens, max_new_tokens),
+                              repetition_penalty=params.repetition_penalty,
                               num_return_sequences=params.n, stop=params.stop, seed=params.seed,
                               logprobs=params.logprobs, **strategy)
     try:
@@ -71,7 +73,8 @@ def create_app(settings: Settings, load=None, on_load_failure=None) -> FastAPI:
     `on_load_failure()` is called on the event loop if loading fails (the CLI uses it to exit).
     """
     engine = Engine(load or (lambda: load_predictor(settings)), settings.max_batch_size, settings.max_queue)
-    defaults = Defaults(settings.max_tokens, settings.temperature, settings.top_p, settings.top_k)
+    defaults = Defaults(settings.max_tokens, settings.temperature, settings.top_p, settings.top_k,
+                        settings.decode_strategy, settings.repetition_penalty, settings.min_length)
 
     async def watch_loading():
         await asyncio.to_thread(engine.loaded.wait)
@@ -159,10 +162,12 @@ def create_app(settings: Settings, load=None, on_load_failure=None) -> FastAPI:
                 "endpoints": {"api": base, "proxy": base}, "chat_enabled": False}
 
     @app.post("/v1/completions")
+    @app.post("/completions")   # the openai 0.x package with PaddleNLP's api_base, which has no /v1
     async def completions(request: Request):
         return await complete(request)
 
     @app.post("/v1/engines/{engine_name}/completions")
+    @app.post("/engines/{engine_name}/completions")   # openai 0.x's Completion.create(engine=...), same base
     async def engine_completions(engine_name: str, request: Request):
         # Copilot names an engine (codegen, copilot-codex, ...); there is one model, so any name serves
         return await complete(request)

@@ -53,10 +53,14 @@ class Limits:
 
 @dataclass(frozen=True)
 class Defaults:
+    """The server's settings for what a request leaves out."""
     max_tokens: int
     temperature: float
     top_p: float
     top_k: int
+    decode_strategy: str = "sampling"     # for requests without a temperature
+    repetition_penalty: float = 1.0       # for requests without presence/frequency penalties
+    min_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class CompletionParams:
     logprobs: int | None
     repetition_penalty: float
     seed: int | None
+    min_tokens: int = 0
 
     @property
     def greedy(self) -> bool:
@@ -172,7 +177,9 @@ def _stop(body: dict) -> list[str]:
     return [s for s in value if s]
 
 
-def _repetition_penalty(body: dict) -> float:
+def _repetition_penalty(body: dict, default: float) -> float:
+    if body.get("presence_penalty") is None and body.get("frequency_penalty") is None:
+        return default
     presence = _number(body, "presence_penalty", 0.0, -2.0, 2.0)
     frequency = _number(body, "frequency_penalty", 0.0, -2.0, 2.0)
     return math.exp((presence + frequency) / 4)
@@ -199,11 +206,13 @@ def parse_completion(body: dict, limits: Limits, defaults: Defaults) -> Completi
     stream = _boolean(body, "stream")
     include_usage = _boolean(stream_options or {}, "include_usage") if stream else False
     seed = _integer(body, "seed", None, low=0)
+    # a request that names no temperature decodes the server's way: greedy is temperature 0
+    default_temperature = 0.0 if defaults.decode_strategy == "greedy_search" else defaults.temperature
     return CompletionParams(
         prompts=prompts,
         suffix=suffix or None,
         max_tokens=_integer(body, "max_tokens", defaults.max_tokens, low=0, high=limits.context_length),
-        temperature=_number(body, "temperature", defaults.temperature, 0.0, 2.0),
+        temperature=_number(body, "temperature", default_temperature, 0.0, 2.0),
         top_p=_number(body, "top_p", defaults.top_p, 0.0, 1.0),
         top_k=_integer(body, "top_k", defaults.top_k, low=0),
         n=n,
@@ -212,6 +221,7 @@ def parse_completion(body: dict, limits: Limits, defaults: Defaults) -> Completi
         include_usage=include_usage,
         echo=_boolean(body, "echo"),
         logprobs=logprobs,
-        repetition_penalty=_repetition_penalty(body),
+        repetition_penalty=_repetition_penalty(body, defaults.repetition_penalty),
         seed=seed,
+        min_tokens=defaults.min_tokens,
     )

@@ -2,7 +2,9 @@
 
 A flag given on the command line wins over its variable, which wins over the
 built-in default, so a service manager can configure the server through the
-environment alone.
+environment alone. The decoding defaults are those of PaddleNLP's codegen_server.py,
+whose names work too: --model-name-or-path is --model and --max-length is
+--max-tokens (CODEGEN_MODEL_NAME_OR_PATH, CODEGEN_MAX_LENGTH).
 """
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ import os
 from dataclasses import dataclass, fields
 
 ENV_PREFIX = "CODEGEN_"
+# PaddleNLP codegen_server.py's names for our settings
+ALIASES = {"model": "model_name_or_path", "max_tokens": "max_length"}
+DECODE_STRATEGIES = ("greedy_search", "sampling")
 
 
 @dataclass(frozen=True)
@@ -24,11 +29,16 @@ class Settings:
     max_batch_size: int = 8
     max_queue: int = 64
     prompt_cache_entries: int = 4
-    # defaults for fields a request leaves out (OpenAI's own defaults)
+    use_faster: bool = True
+    use_fp16_decoding: bool = True
+    # defaults for what a request leaves out: PaddleNLP codegen_server.py's
     max_tokens: int = 16
-    temperature: float = 1.0
+    min_length: int = 0
+    decode_strategy: str = "greedy_search"
+    temperature: float = 0.5
     top_p: float = 1.0
-    top_k: int = 0
+    top_k: int = 10
+    repetition_penalty: float = 1.0
     log_level: str = "info"
 
     def __post_init__(self):
@@ -49,6 +59,12 @@ class Settings:
             raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.min_length < 0:
+            raise ValueError(f"min_length must be >= 0, got {self.min_length}")
+        if self.decode_strategy not in DECODE_STRATEGIES:
+            raise ValueError(f"decode_strategy must be greedy_search or sampling, got {self.decode_strategy!r}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty}")
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
             raise ValueError(f"log_level must be critical, error, warning, info or debug, got {self.log_level!r}")
 
@@ -61,13 +77,18 @@ _HELP = {
     "api_key": "when set, /v1 routes require 'Authorization: Bearer KEY'",
     "device": "cpu, gpu or gpu:N (default: gpu if available)",
     "quantize": "'int8' for int8 weights",
+    "use_faster": "the fused CPU path when it builds (PaddleNLP's FasterGeneration switch)",
+    "use_fp16_decoding": "fp16 weights (on CPU read at half the bytes, fp32 arithmetic)",
     "max_batch_size": "most sequences decoded together; also the limit on prompts x n in one request",
     "max_queue": "requests allowed to wait for the model before new ones get 429",
     "prompt_cache_entries": "prompts whose KV cache is kept for reuse by the next similar prompt (0 disables)",
     "max_tokens": "max_tokens of requests that leave it out",
-    "temperature": "temperature of requests that leave it out (0 means greedy)",
+    "min_length": "new tokens generated before end-of-text is allowed",
+    "decode_strategy": "greedy_search or sampling, for requests without a temperature",
+    "temperature": "temperature of sampling requests that leave it out (0 means greedy)",
     "top_p": "top_p of requests that leave it out",
     "top_k": "top_k of requests that leave it out (0 means no top-k filter)",
+    "repetition_penalty": "for requests without presence_penalty or frequency_penalty (1 disables it)",
     "log_level": "critical, error, warning, info or debug",
 }
 
@@ -86,8 +107,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for field in fields(Settings):
         default = getattr(defaults, field.name)
         shown = "" if default is None else f"; default {default}"
-        parser.add_argument("--" + field.name.replace("_", "-"), default=None, metavar=field.name.upper(),
-                            help=f"{_HELP[field.name]} [${env_variable(field.name)}{shown}]")
+        names = [field.name] + ([ALIASES[field.name]] if field.name in ALIASES else [])
+        kind = dict(action=argparse.BooleanOptionalAction) if field.type == "bool" else dict(metavar=field.name.upper())
+        parser.add_argument(*("--" + name.replace("_", "-") for name in names), dest=field.name, default=None,
+                            help=f"{_HELP[field.name]} [${' or $'.join(map(env_variable, names))}{shown}]", **kind)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -97,10 +120,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     """
     values = {}
     for field in fields(Settings):
-        convert = {"int": int, "float": float}.get(str(field.type).split(" ")[0], str)
+        convert = {"int": int, "float": float, "bool": boolean}.get(str(field.type).split(" ")[0], str)
         flag = getattr(args, field.name, None)
         source, raw = (f"--{field.name.replace('_', '-')}", flag) if flag is not None else \
-            (env_variable(field.name), os.environ.get(env_variable(field.name)) or None)
+            _from_environment(field.name)
         if raw is None:
             continue
         try:
@@ -110,3 +133,19 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if values.get("quantize", "").lower() == "none":
         values["quantize"] = None
     return Settings(**values)
+
+
+def _from_environment(name: str) -> tuple[str, str | None]:
+    """(variable, value) of the first of the setting's variables that is set and not empty."""
+    names = [env_variable(n) for n in (name, ALIASES.get(name)) if n]
+    return next(((v, os.environ[v]) for v in names if os.environ.get(v)), (names[0], None))
+
+
+def boolean(raw) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if raw.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{raw!r} is not true or false")

@@ -136,7 +136,8 @@ def prepare(model_args, data_args, training_args) -> Setup:
     if eval_dataset is not None and training_args.evaluation_strategy == IntervalStrategy.NO:
         training_args.evaluation_strategy = IntervalStrategy.STEPS
         training_args.do_eval = True
-        training_args.eval_steps = training_args.eval_steps or training_args.logging_steps
+        # PaddleNLP's CodeGen README calls --save_steps the "save and evaluate" interval
+        training_args.eval_steps = training_args.eval_steps or training_args.save_steps
     return Setup(model, tokenizer, train_dataset, eval_dataset, adapter, resume_from)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, two_rank_launch
 
 WORKER = textwrap.dedent("""
     import json, sys
@@ -45,18 +45,11 @@ WORKER = textwrap.dedent("""
 
 
 def test_two_ranks_share_the_data_and_end_with_the_same_weights(tiny_model_dir, tmp_path):
-    train = tmp_path / "train.jsonl"
-    lines = (REPO / "examples" / "data" / "train.json").read_text().splitlines(keepends=True)[:40]
-    train.write_text("".join(lines))
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
-               "--log_dir", str(tmp_path / "logs"), str(worker),
-               "--model_name_or_path", str(tiny_model_dir), "--train_file", str(train),
-               "--data_cache_dir", str(tmp_path / "cache"), "--output_dir", str(out), "--block_size", "32",
-               "--per_device_train_batch_size", "2", "--max_steps", "12", "--logging_steps", "3",
-               "--save_steps", "12", "--learning_rate", "5e-3", "--seed", "3"]
+    command = two_rank_launch(worker, tiny_model_dir, tmp_path, "--max_steps", "12", "--logging_steps", "3",
+                              "--save_steps", "12", "--seed", "3")
     result = subprocess.run(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
                             capture_output=True, text=True, timeout=600)
     logs = "".join(p.read_text() for p in sorted((tmp_path / "logs").glob("workerlog.*")))

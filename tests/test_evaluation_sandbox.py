@@ -121,11 +121,17 @@ def test_no_network(sandbox, tmp_path):
     assert ran.stdout.strip() == "refused"
 
 
+def require_jail(box: Sandbox) -> Sandbox:
+    # skipped only where bwrap is missing: installed but unusable is a failure to see
+    if not shutil.which("bwrap"):
+        pytest.skip("bwrap is not installed (apt-get install bubblewrap)")
+    assert any(p.startswith("filesystem jail (bwrap)") for p in box.protections), box.protections
+    return box
+
+
 @pytest.fixture
 def jailed(sandbox):
-    if not any("filesystem jail (bwrap)" in p for p in sandbox.protections):
-        pytest.skip("bwrap cannot run here (apt-get install bubblewrap)")
-    return sandbox
+    return require_jail(sandbox)
 
 
 TRY_WRITE = """import sys
@@ -178,9 +184,7 @@ def test_models_and_home_are_not_readable(tmp_path, monkeypatch):
         in_home.write_text("private")
         monkeypatch.setenv("CODEGEN_HOME", str(models))
         with Sandbox() as box:
-            if not any("filesystem jail (bwrap)" in p for p in box.protections):
-                pytest.skip("bwrap cannot run here (apt-get install bubblewrap)")
-            ran = run_python(box, tmp_path, TRY_READ, str(models / "model.safetensors"), str(in_home), timeout=10)
+            ran = run_python(require_jail(box), tmp_path, TRY_READ, str(models / "model.safetensors"), str(in_home), timeout=10)
         assert ran.returncode == 0, ran.stderr
         assert ran.stdout.split("\n")[:2] == [f"refused {models / 'model.safetensors'} FileNotFoundError",
                                               f"refused {in_home} FileNotFoundError"]

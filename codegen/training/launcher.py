@@ -37,11 +37,12 @@ def exit_with_launcher() -> None:
     except (OSError, AttributeError) as e:
         logger.warning("cannot ask to be killed with the launcher (%s): if it is killed, stop this worker by hand", e)
         return
-    # the signal comes when the thread that started us ends: the launcher starts its
-    # workers from its main thread. It follows whoever is our parent now: if the launcher died before that
-    # (while this process started), we were already handed to another parent
+    # The signal comes when the thread that started us ends (the launcher starts its workers
+    # from its main thread), and from whoever is our parent now: if the launcher died while
+    # this process started, we were already handed to another parent and would never get it.
     if not _is_launcher(os.getppid()):
-        sys.exit("run_clm.py: the paddle.distributed.launch process that started this worker has exited")
+        sys.exit("run_clm.py: error: PADDLE_TRAINER_ID is set but this worker's parent is not "
+                 "paddle.distributed.launch: the launcher has exited")
 
 
 def _is_launcher(pid: int) -> bool:

@@ -1,13 +1,19 @@
-"""The sandbox contains what generated code may do by accident: hang, fork, eat memory, flood, linger."""
+"""The sandbox contains what generated code may do by accident: hang, fork, eat memory, flood, linger;
+and, under bwrap, keeps it from the files outside its own directory."""
+import ast
+import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
 
-from codegen.evaluation.sandbox import Limits, Sandbox, make_workdir, remove_tree
+from codegen.evaluation import sandbox as sandbox_module
+from codegen.evaluation.sandbox import Limits, Sandbox, make_workdir, python_paths, remove_tree
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +26,7 @@ def run_python(sandbox, tmp_path, code, *args, **limits):
     workdir = make_workdir(tmp_path)
     (workdir / "p.py").write_text(code)
     try:
-        return sandbox.run([sys.executable, "p.py", *args], workdir, Limits(**limits))
+        return sandbox.run([sys.executable, "p.py", *args], workdir, Limits(**limits), readable=python_paths())
     finally:
         remove_tree(workdir)
         assert not workdir.exists()
@@ -113,3 +119,111 @@ def test_no_network(sandbox, tmp_path):
                 "    print('connected')\nexcept OSError as e:\n    print('refused')\n")
         ran = run_python(sandbox, tmp_path, code, timeout=10)
     assert ran.stdout.strip() == "refused"
+
+
+def require_jail(box: Sandbox) -> Sandbox:
+    # skipped only where bwrap is missing: installed but unusable is a failure to see
+    if not shutil.which("bwrap"):
+        pytest.skip("bwrap is not installed (apt-get install bubblewrap)")
+    assert any(p.startswith("filesystem jail (bwrap)") for p in box.protections), box.protections
+    return box
+
+
+@pytest.fixture
+def jailed(sandbox):
+    return require_jail(sandbox)
+
+
+TRY_WRITE = """import sys
+for path in sys.argv[1:]:
+    try:
+        with open(path, "w") as f:
+            f.write("written")
+        print("wrote", path)
+    except OSError as e:
+        print("refused", path, type(e).__name__)
+"""
+
+TRY_READ = """import sys
+for path in sys.argv[1:]:
+    try:
+        print("read", path, repr(open(path).read()))
+    except OSError as e:
+        print("refused", path, type(e).__name__)
+"""
+
+
+def test_writes_to_tmp_and_home_stay_inside(jailed, tmp_path):
+    marker = f"codegen-jail-{uuid.uuid4().hex}"
+    outside = [Path("/tmp") / marker, Path.home() / marker, Path("/var/tmp") / marker]
+    try:
+        ran = run_python(jailed, tmp_path, TRY_WRITE, *map(str, outside), timeout=10)
+        assert ran.returncode == 0, ran.stderr
+        assert [p for p in outside if p.exists()] == []
+        # the read-only root refuses outright; /tmp and the home are private and empty
+        assert f"refused /var/tmp/{marker} OSError" in ran.stdout
+    finally:
+        for path in outside:
+            path.unlink(missing_ok=True)
+
+
+def test_own_directory_is_writable(jailed, tmp_path):
+    workdir = make_workdir(tmp_path)
+    (workdir / "p.py").write_text("open('out.txt', 'w').write('kept')\n")
+    ran = jailed.run([sys.executable, "p.py"], workdir, Limits(timeout=10), readable=python_paths())
+    assert ran.returncode == 0, ran.stderr
+    assert (workdir / "out.txt").read_text() == "kept"
+
+
+def test_models_and_home_are_not_readable(tmp_path, monkeypatch):
+    # outside /tmp, which is private anyway: this is the hiding of $CODEGEN_HOME itself
+    models = Path(tempfile.mkdtemp(prefix="codegen-home-", dir="/var/tmp"))
+    in_home = Path.home() / f".codegen-jail-{uuid.uuid4().hex}"
+    try:
+        (models / "model.safetensors").write_text("weights")
+        in_home.write_text("private")
+        monkeypatch.setenv("CODEGEN_HOME", str(models))
+        with Sandbox() as box:
+            ran = run_python(require_jail(box), tmp_path, TRY_READ, str(models / "model.safetensors"), str(in_home), timeout=10)
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout.split("\n")[:2] == [f"refused {models / 'model.safetensors'} FileNotFoundError",
+                                              f"refused {in_home} FileNotFoundError"]
+    finally:
+        remove_tree(models)
+        in_home.unlink(missing_ok=True)
+
+
+def test_system_accounts_are_not_shown(jailed, tmp_path):
+    ran = run_python(jailed, tmp_path, TRY_READ, "/etc/passwd", "/etc/shadow", timeout=10)
+    assert ran.returncode == 0, ran.stderr
+    passwd, shadow = ran.stdout.splitlines()
+    assert passwd.startswith("read /etc/passwd ")
+    shown = {line.split(":")[0] for line in ast.literal_eval(passwd.split(" ", 2)[2]).splitlines()}
+    assert shown == {"root", "nobody"} | ({"user"} if os.getuid() not in (0, 65534) else set())
+    assert len(Path("/etc/passwd").read_text().splitlines()) > len(shown)
+    # /dev/null mounted over it, on a mount that allows no device files
+    assert shadow == "refused /etc/shadow PermissionError"
+
+
+@pytest.fixture
+def no_bwrap(tmp_path, monkeypatch):
+    """PATH holds unshare but not bwrap; the per-process bwrap probe is forgotten before and after."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "unshare").symlink_to(shutil.which("unshare") or "/usr/bin/unshare")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    sandbox_module._bwrap_works.cache_clear()
+    yield
+    sandbox_module._bwrap_works.cache_clear()
+
+
+def test_without_bwrap_one_warning_says_what_is_not_contained(no_bwrap, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="codegen.evaluation.sandbox"):
+        with Sandbox() as first, Sandbox():
+            ran = run_python(first, tmp_path, "print('ran')", timeout=10)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "bwrap (Debian's bubblewrap) is not installed" in warnings[0]
+    assert "can read and write every file this user can: /tmp, $HOME, the models under $CODEGEN_HOME" in warnings[0]
+    assert any(p.startswith("NO filesystem jail") for p in first.protections)
+    assert ran.returncode == 0 and ran.stdout == "ran\n"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, two_rank_launch
 
 WORKER = textwrap.dedent("""
     import json, sys
@@ -44,30 +44,22 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def launch_run_clm(model_dir: Path, tmp_path: Path, *extra: str) -> Path:
-    """run_clm.py (wrapped by WORKER) over 2 CPU processes; returns its output directory."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    train = tmp_path / "train.jsonl"
-    lines = (REPO / "examples" / "data" / "train.json").read_text().splitlines(keepends=True)[:40]
-    train.write_text("".join(lines))
-    worker = tmp_path / "worker.py"
+def run_two_ranks(model_dir: Path, directory: Path, *flags: str) -> Path:
+    """WORKER over 2 CPU ranks with the seed and schedule both tests share; returns its output directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    worker = directory / "worker.py"
     worker.write_text(WORKER)
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
-               "--log_dir", str(tmp_path / "logs"), str(worker),
-               "--model_name_or_path", str(model_dir), "--train_file", str(train),
-               "--data_cache_dir", str(tmp_path / "cache"), "--output_dir", str(out), "--block_size", "32",
-               "--per_device_train_batch_size", "2", "--max_steps", "12", "--logging_steps", "3",
-               "--save_steps", "12", "--learning_rate", "5e-3", "--seed", "3", *extra]
-    result = subprocess.run(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+    command = two_rank_launch(worker, model_dir, directory, "--max_steps", "12", "--logging_steps", "3",
+                              "--save_steps", "12", "--seed", "3", *flags)
+    result = subprocess.run(command, cwd=directory, env={**os.environ, "PYTHONPATH": str(REPO)},
                             capture_output=True, text=True, timeout=600)
-    logs = "".join(p.read_text() for p in sorted((tmp_path / "logs").glob("workerlog.*")))
+    logs = "".join(p.read_text() for p in sorted((directory / "logs").glob("workerlog.*")))
     assert result.returncode == 0, (result.stdout + result.stderr + logs)[-4000:]
-    return out
+    return directory / "out"
 
 
 def test_two_ranks_share_the_data_and_end_with_the_same_weights(tiny_model_dir, tmp_path):
-    out = launch_run_clm(tiny_model_dir, tmp_path)
+    out = run_two_ranks(tiny_model_dir, tmp_path)
 
     blocks = [json.loads((out / f"rank{r}_blocks.json").read_text()) for r in (0, 1)]
     assert len(blocks[0]) == len(blocks[1]) == 12 * 2
@@ -89,8 +81,8 @@ def test_two_ranks_share_the_data_and_end_with_the_same_weights(tiny_model_dir, 
 def test_sharding_stage1_trains_to_the_data_parallel_weights(tiny_model_dir, tmp_path):
     """Stage 1 splits only the optimizer state across ranks, so it must reach the weights plain
     data parallelism reaches, up to the order of floating-point sums in its gradient reduction."""
-    data_parallel = load_file(str(launch_run_clm(tiny_model_dir, tmp_path / "dp") / "model.safetensors"))
-    sharded_out = launch_run_clm(tiny_model_dir, tmp_path / "stage1", "--sharding", "stage1")
+    data_parallel = load_file(str(run_two_ranks(tiny_model_dir, tmp_path / "dp") / "model.safetensors"))
+    sharded_out = run_two_ranks(tiny_model_dir, tmp_path / "stage1", "--sharding", "stage1")
     sharded = load_file(str(sharded_out / "model.safetensors"))
     initial = load_file(str(tiny_model_dir / "model.safetensors"))
     assert sharded.keys() == data_parallel.keys()

@@ -2,11 +2,19 @@
 
 Every command runs in a new session (so one signal reaches its whole process
 group) with rlimits set between fork and exec: address space, CPU seconds,
-largest file, no core dumps. Where the platform lets us, two more layers are
+largest file, no core dumps. Where the platform lets us, more layers are
 added, each detected once and reported by `Sandbox.protections`:
 
-- `unshare --net --pid --fork --kill-child`: no network interfaces but a
-  down loopback, and a PID namespace whose init is the program, so when it
+- a filesystem jail (bubblewrap, `bwrap`): the root read-only; a private,
+  size-capped /tmp and /dev/shm; the user's home, /root, /home and
+  $CODEGEN_HOME hidden behind empty private directories; /etc/passwd showing
+  only root, nobody and our user, the password hashes empty. Writable: the
+  program's own directory and what its toolchain asks for (a build cache).
+  Readable: the rest of the system, and what the toolchain asks for (its
+  install, when that lives in a hidden directory). Capabilities are dropped,
+  so a program running as root cannot unmount any of this.
+- no network and a PID namespace whose init is the program (bwrap, or
+  `unshare --net --pid --fork --kill-child` without it), so when the program
   dies the kernel kills every process it left behind, even ones that called
   setsid() to leave our process group.
 - a pids cgroup per run with `pids.max`: the only process-count limit that
@@ -14,10 +22,10 @@ added, each detected once and reported by `Sandbox.protections`:
   RLIMIT_NPROC is used, which counts every process of the user (so it is set
   relative to what the user already runs) and does nothing for root.
 
-This contains accidents (infinite loops, fork bombs, memory hogs, floods of
-output, stray servers); it is not a jail against code written to escape: the
-program runs with our user's file permissions, with its working directory,
-HOME and TMPDIR pointing into its own temporary directory.
+Without bwrap (or where it may not run) programs run with our user's file
+permissions: they can read and write whatever we can. In every case the
+working directory, HOME and TMPDIR point into the program's own temporary
+directory.
 """
 from __future__ import annotations
 
@@ -30,18 +38,28 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import Sequence
 
 logger = logging.getLogger(__name__)
 
 _ISOLATION_PREFIX = ("unshare", "--net", "--pid", "--fork", "--kill-child", "--")
 # the same namespaces for an unprivileged user, who may create them inside a user namespace
 _USER_ISOLATION_PREFIX = ("unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child", "--")
+# --as-pid-1: the program is the namespace's init, so the kernel kills what it leaves behind when it
+# exits (bwrap's own init would wait for those); --cap-drop ALL: as root it would keep the capabilities
+_BWRAP_OPTIONS = ("--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid", "--as-pid-1",
+                  "--cap-drop", "ALL", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc")
+_PASSWORD_HASHES = (Path("/etc/shadow"), Path("/etc/gshadow"))
+NOT_JAILED = ("programs can read and write every file this user can: /tmp, $HOME, the models under "
+              "$CODEGEN_HOME")
 
 
 @dataclass(frozen=True)
@@ -70,7 +88,9 @@ class Sandbox:
     """
 
     def __init__(self):
-        self._prefix = _detect_isolation_prefix()
+        self._jailed = _bwrap_works()
+        self._prefix = () if self._jailed else _detect_isolation_prefix()
+        self._hidden = _private_directories() if self._jailed else []
         self._cgroups = _PidsCgroups.create()
         self._nproc_base = None if self._cgroups or os.geteuid() == 0 else _tasks_of_user(os.getuid())
         self._counter = 0
@@ -79,6 +99,12 @@ class Sandbox:
     @property
     def protections(self) -> list[str]:
         found = ["own session + rlimits (memory, cpu, file size)"]
+        if self._jailed:
+            found.append("filesystem jail (bwrap): read-only root, private /tmp and $HOME, "
+                         "$CODEGEN_HOME hidden")
+            found.append("no network + PID namespace (bwrap)")
+        else:
+            found.append(f"NO filesystem jail: {NOT_JAILED}")
         if self._prefix:
             found.append("no network + PID namespace (unshare)")
         if self._cgroups:
@@ -89,23 +115,34 @@ class Sandbox:
             found.append("NO process limit: running as root without a writable pids cgroup")
         return found
 
-    def run(self, argv: list[str], cwd: Path, limits: Limits, env: dict[str, str] | None = None) -> Completed:
-        """Run `argv` in `cwd` with `env` added to a minimal environment; always kills what is left."""
+    def run(self, argv: list[str], cwd: Path, limits: Limits, env: dict[str, str] | None = None,
+            readable: Sequence[Path] = (), writable: Sequence[Path] = ()) -> Completed:
+        """Run `argv` in `cwd` with `env` added to a minimal environment; always kills what is left.
+
+        Inside the jail `cwd` is writable, and so are the `writable` paths; the `readable`
+        ones are shown read-only even where they lie in a hidden directory.
+        """
         with self._lock:
             self._counter += 1
             name = f"run{self._counter}"
         cgroup = self._cgroups.new(name, limits.max_processes) if self._cgroups else None
         nproc = None if self._nproc_base is None else self._nproc_base + limits.max_processes
+        passwd = _passwd_pipe() if self._jailed else None
+        if self._jailed:
+            argv = _jail_argv(cwd, limits, self._hidden, passwd, readable, writable) + list(argv)
         start = time.monotonic()
         try:
             proc = subprocess.Popen(
                 list(self._prefix) + list(argv), cwd=cwd, env=_child_env(cwd, env), stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                preexec_fn=_limiter(limits, nproc, cgroup))
+                preexec_fn=_limiter(limits, nproc, cgroup), pass_fds=() if passwd is None else (passwd,))
         except BaseException:
             if cgroup:
                 cgroup.remove()
             raise
+        finally:
+            if passwd is not None:
+                os.close(passwd)
         try:
             stdout, stderr, timed_out = _collect(proc, start + limits.timeout, limits.max_output_bytes)
         finally:
@@ -257,6 +294,73 @@ def _detect_isolation_prefix() -> tuple[str, ...]:
             return prefix
     logger.info("unshare is not permitted here: programs run with network access and without a PID namespace")
     return ()
+
+
+@cache
+def _bwrap_works() -> bool:
+    """Whether programs can run under bwrap; says once per process what is not contained if not."""
+    why = "bwrap (Debian's bubblewrap) is not installed"
+    if shutil.which("bwrap"):
+        probe_dir = Path(tempfile.mkdtemp(prefix="codegen-bwrap-probe-"))
+        try:
+            probe = subprocess.run(_jail_argv(probe_dir, Limits(), [], None, (), ()) + ["true"], cwd=probe_dir,
+                                   stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10)
+            if probe.returncode == 0:
+                return True
+            why = f"bwrap cannot run here ({probe.stderr.strip() or f'exit status {probe.returncode}'})"
+        except (OSError, subprocess.TimeoutExpired) as e:
+            why = f"bwrap cannot run here ({e})"
+        finally:
+            remove_tree(probe_dir)
+    logger.warning("%s: generated code runs without a filesystem jail: %s", why, NOT_JAILED)
+    return False
+
+
+def _jail_argv(cwd: Path, limits: Limits, hidden: list[Path], passwd: int | None, readable: Sequence[Path],
+               writable: Sequence[Path]) -> list[str]:
+    # later mounts go on top of earlier ones: hide first, then show what must be seen
+    size = str(limits.max_file_bytes)
+    argv = ["bwrap", *_BWRAP_OPTIONS]
+    for directory in [Path("/tmp"), Path("/dev/shm"), *hidden]:
+        argv += ["--size", size, "--tmpfs", str(directory)]
+    if passwd is not None:
+        argv += ["--ro-bind-data", str(passwd), "/etc/passwd"]
+    for secret in _PASSWORD_HASHES:
+        if secret.exists():
+            argv += ["--ro-bind", "/dev/null", str(secret)]
+    for path in readable:
+        if os.path.exists(path):
+            argv += ["--ro-bind", str(path), str(path)]
+    for path in [*writable, cwd]:
+        if os.path.exists(path):
+            argv += ["--bind", str(path), str(path)]
+    return argv + ["--chdir", str(cwd), "--"]
+
+
+def _private_directories() -> list[Path]:
+    """Hidden from programs: where users keep their files, and the models (the default
+    $CODEGEN_HOME, ~/.cache/codegen, is inside the home)."""
+    candidates = [Path.home(), Path("/root"), Path("/home")]
+    if os.environ.get("CODEGEN_HOME"):
+        candidates.append(Path(os.environ["CODEGEN_HOME"]).resolve())
+    return [path for path in dict.fromkeys(candidates) if path.is_dir()]
+
+
+def _passwd_pipe() -> int:
+    """A pipe holding the /etc/passwd the program sees: the accounts it may need to look up, no others."""
+    uid, gid = os.getuid(), os.getgid()
+    lines = ["root:x:0:0:root:/root:/bin/sh", "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin"]
+    if uid not in (0, 65534):
+        lines.append(f"user:x:{uid}:{gid}:user:/nonexistent:/bin/sh")
+    reader, writer = os.pipe()
+    os.write(writer, ("\n".join(lines) + "\n").encode())
+    os.close(writer)
+    return reader
+
+
+def python_paths() -> list[Path]:
+    """Where the Python running codegen is installed: Python programs run on it."""
+    return list(dict.fromkeys(Path(p) for p in (sys.prefix, sys.base_prefix)))
 
 
 def _tasks_of_user(uid: int) -> int:

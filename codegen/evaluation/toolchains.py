@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import programs
 from .problems import Problem
-from .sandbox import Completed, Limits, Sandbox, make_workdir, remove_tree
+from .sandbox import Completed, Limits, Sandbox, make_workdir, python_paths, remove_tree
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,15 @@ def failure_text(ran: Completed, note: str = "") -> str:
     return "\n".join(parts)
 
 
+def _install_of(tool: str) -> list[Path]:
+    """The directory a tool is installed in (the one above its bin/), for the sandbox to show.
+
+    It matters when that lies in a directory the sandbox hides, like ~/.nvm or ~/.sdkman.
+    """
+    found = shutil.which(tool)
+    return [Path(os.path.realpath(found)).parents[1]] if found else []
+
+
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -129,7 +138,8 @@ class PythonToolchain(Toolchain):
 
     def run(self, sandbox, workdir, limits):
         # -I: no user site-packages or PYTHON* variables; -B: no .pyc files
-        return sandbox.run([sys.executable, "-I", "-B", self.source_name], workdir, limits)
+        return sandbox.run([sys.executable, "-I", "-B", self.source_name], workdir, limits,
+                           readable=python_paths())
 
     def judge(self, ran):
         if ran.returncode != programs.TESTS_FINISHED and _is_python_syntax_error(ran.stderr):
@@ -162,7 +172,8 @@ class CppToolchain(Toolchain):
 
     def prepare(self, sandbox, work):
         for tasks, (probe, flags, reason) in self.LIBRARIES.items():
-            if not _builds(sandbox, work, self.source_name, probe, ["g++", "-w", self.source_name, *flags]):
+            if not _builds(sandbox, work, self.source_name, probe, ["g++", "-w", self.source_name, *flags],
+                           readable=_install_of("g++")):
                 self._known_bad.update((task, reason) for task in tasks)
 
     def known_bad(self):
@@ -172,7 +183,7 @@ class CppToolchain(Toolchain):
         argv = ["g++", "-std=c++17", "-w", self.source_name, "-o", "main"]
         if programs.needs_openssl(program):
             argv.append("-lcrypto")
-        return sandbox.run(argv, workdir, COMPILE_LIMITS)
+        return sandbox.run(argv, workdir, COMPILE_LIMITS, readable=_install_of("g++"))
 
     def run(self, sandbox, workdir, limits):
         return sandbox.run(["./main"], workdir, limits)
@@ -182,12 +193,12 @@ class CppToolchain(Toolchain):
 
 
 def _builds(sandbox: Sandbox, work: Path, source_name: str, source: str, argv: list[str],
-            env: dict[str, str] | None = None) -> bool:
+            env: dict[str, str] | None = None, readable: list[Path] = ()) -> bool:
     """Whether a probe program builds (or, for an interpreter, runs) cleanly."""
     probe = make_workdir(work)
     try:
         (probe / source_name).write_text(source)
-        return sandbox.run(argv, probe, COMPILE_LIMITS, env).returncode == 0
+        return sandbox.run(argv, probe, COMPILE_LIMITS, env, readable=readable).returncode == 0
     finally:
         remove_tree(probe)
 
@@ -201,13 +212,14 @@ class JavaScriptToolchain(Toolchain):
         # JavaScript/162 requires the js-md5 npm package: looked for in our cache, then in NODE_PATH
         modules = [str(cache_dir() / "node_modules")] + [p for p in os.environ.get("NODE_PATH", "").split(":") if p]
         self._env = {"NODE_PATH": ":".join(modules)}
+        self._readable = _install_of("node") + [Path(p) for p in modules]
 
     def missing(self):
         return None if shutil.which("node") else "node not found (apt-get install nodejs)"
 
     def prepare(self, sandbox, work):
         if not _builds(sandbox, work, self.source_name, "require('js-md5')\n", ["node", self.source_name],
-                       self._env):
+                       self._env, self._readable):
             self._known_bad[self.NEEDS_MD5] = (
                 "its canonical solution requires the js-md5 npm package, not found "
                 f"(npm install --prefix {cache_dir()} js-md5)")
@@ -217,10 +229,11 @@ class JavaScriptToolchain(Toolchain):
 
     def compile(self, sandbox, workdir, program):
         # parse only, so that a syntax error reads as a compile error as in the other languages
-        return sandbox.run(["node", "--check", self.source_name], workdir, COMPILE_LIMITS, self._env)
+        return sandbox.run(["node", "--check", self.source_name], workdir, COMPILE_LIMITS, self._env,
+                           readable=self._readable)
 
     def run(self, sandbox, workdir, limits):
-        return sandbox.run(["node", self.source_name], workdir, limits, self._env)
+        return sandbox.run(["node", self.source_name], workdir, limits, self._env, readable=self._readable)
 
     def judge(self, ran):
         # the tests use console.assert, which only prints "Assertion failed" and carries on
@@ -269,7 +282,8 @@ class JavaToolchain(Toolchain):
         return result
 
     def run(self, sandbox, workdir, limits):
-        return sandbox.run(["java", *self.JVM_FLAGS, "-cp", ".", programs.JAVA_LAUNCHER], workdir, limits)
+        return sandbox.run(["java", *self.JVM_FLAGS, "-cp", ".", programs.JAVA_LAUNCHER], workdir, limits,
+                           readable=_install_of("java"))
 
     def judge(self, ran):
         return _judge_finished(ran)
@@ -365,8 +379,17 @@ class GoToolchain(Toolchain):
 
     def _env(self) -> dict[str, str]:
         # GOPATH mode: the tests import testify from a GOPATH tree, no module download is possible
-        return {"GO111MODULE": "off", "GOPATH": str(self._gopath), "GOCACHE": str(cache_dir() / "go-build"),
+        return {"GO111MODULE": "off", "GOPATH": str(self._gopath), "GOCACHE": str(self._cache()),
                 "CGO_ENABLED": "0", "GOFLAGS": "", "GOTOOLCHAIN": "local", "GOPROXY": "off"}
+
+    @staticmethod
+    def _cache() -> Path:
+        return cache_dir() / "go-build"
+
+    def _build(self, sandbox: Sandbox, workdir: Path, limits: Limits) -> Completed:
+        # the build cache is shared by every build, so it must be writable inside the sandbox
+        return sandbox.run(self.BUILD, workdir, limits, self._env(), readable=_install_of("go") + [self._gopath],
+                           writable=[self._cache()])
 
     def prepare(self, sandbox, work):
         # compile the standard library and testify into the shared build cache once
@@ -376,7 +399,8 @@ class GoToolchain(Toolchain):
             (warmup / self.source_name).write_text(
                 'package main\n\nimport (\n    "testing"\n    "github.com/stretchr/testify/assert"\n'
                 + imports + ')\n\nfunc TestWarmup(t *testing.T) { assert.Equal(t, 1, 1) }\n')
-            built = sandbox.run(self.BUILD, warmup, SETUP_LIMITS, self._env())
+            self._cache().mkdir(parents=True, exist_ok=True)
+            built = self._build(sandbox, warmup, SETUP_LIMITS)
             if built.returncode != 0:
                 raise ToolchainMissing(self.language, "go could not build a test that imports testify: "
                                        + failure_text(built)[-1000:])
@@ -384,7 +408,7 @@ class GoToolchain(Toolchain):
             remove_tree(warmup)
 
     def compile(self, sandbox, workdir, program):
-        return sandbox.run(self.BUILD, workdir, COMPILE_LIMITS, self._env())
+        return self._build(sandbox, workdir, COMPILE_LIMITS)
 
     def run(self, sandbox, workdir, limits):
         # as `go test` runs it: a test calling os.Exit(0) panics instead of passing silently
@@ -424,7 +448,9 @@ class RustToolchain(Toolchain):
 
     def __init__(self):
         self._rustc = None
+        self._sysroot: Path | None = None
         self._externs: list[str] | None = None
+        self._crates: Path | None = None
         self._crates_problem = ""
 
     def missing(self):
@@ -439,6 +465,7 @@ class RustToolchain(Toolchain):
         if sysroot.returncode != 0 or not (bin_dir / "rustc").is_file():
             raise ToolchainMissing(self.language, f"rustc does not work: {sysroot.stderr.strip()[-500:]}")
         self._rustc = str(bin_dir / "rustc")
+        self._sysroot = bin_dir.parent
         with _cache_lock("rust-crates"):
             self._externs = self._build_crates(sandbox, bin_dir)
 
@@ -454,7 +481,8 @@ class RustToolchain(Toolchain):
     def compile(self, sandbox, workdir, program):
         argv = [self._rustc, "--edition", "2021", "--test", self.source_name, "-o", "main",
                 "-C", "debuginfo=0", "-A", "warnings", *(self._externs or [])]
-        return sandbox.run(argv, workdir, COMPILE_LIMITS)
+        crates = [self._crates] if self._externs else []
+        return sandbox.run(argv, workdir, COMPILE_LIMITS, readable=[self._sysroot, *crates])
 
     def run(self, sandbox, workdir, limits):
         return sandbox.run(["./main", "--test-threads=1"], workdir, limits)
@@ -489,7 +517,9 @@ class RustToolchain(Toolchain):
                 (project / ".cargo" / "config.toml").write_text(
                     '[source.crates-io]\nreplace-with = "packaged"\n\n'
                     f'[source.packaged]\ndirectory = "{self.DEBIAN_REGISTRY}"\n')
-            built = sandbox.run([str(cargo), "build", "--offline", "--quiet"], project, SETUP_LIMITS, env)
+            # cargo takes a lock in CARGO_HOME even offline
+            built = sandbox.run([str(cargo), "build", "--offline", "--quiet"], project, SETUP_LIMITS, env,
+                                readable=[self._sysroot], writable=[Path(env["CARGO_HOME"])])
             if built.returncode != 0:
                 self._crates_problem = ("cargo could not build rand, regex and md5 offline "
                                         "(apt-get install librust-rand-dev librust-regex-dev librust-md5-dev)")
@@ -503,6 +533,7 @@ class RustToolchain(Toolchain):
                 self._crates_problem = f"no lib{name}-*.rlib in {deps}"
                 return None
             externs += ["--extern", f"{name}={rlibs[-1]}"]
+        self._crates = deps
         return externs
 
 

@@ -22,6 +22,7 @@ from .args import LATEST, parse_args
 from .blas_linear import use_blas_linears
 from .data import BlockDataset, find_data_files, tokenize_to_cache
 from .fim import FimTransform, add_fim_tokens, validate_rates
+from .launcher import exit_with_launcher
 from .lora import apply_lora, merge_lora
 from .model import adapter_config, checkpoint_io, load_merged
 from .vocab import fit_vocab, vocab_parameters
@@ -181,6 +182,7 @@ def train(setup: Setup, model_args, training_args) -> None:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    exit_with_launcher()
     argv = sys.argv[1:] if argv is None else argv
     try:
         model_args, data_args, training_args = parse_args(argv)

@@ -6,7 +6,6 @@ rank trained on and its weights after training, for the test to compare.
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 

@@ -1,6 +1,16 @@
 """Config dataclasses to and from the JSON dicts stored beside checkpoints."""
 from dataclasses import asdict, fields
 
+# Far above any released model (vocabularies reach ~256k, hidden sizes ~16k, depths ~130,
+# contexts ~1M) and low enough that whatever a config implies is plain integer arithmetic
+# on sizes a loader can refuse before it allocates anything.
+MAX_VOCAB = 10_000_000
+MAX_HIDDEN = 65_536
+MAX_LAYERS = 1_000
+MAX_POSITIONS = 1 << 20
+# 4 TB of float32: more than any machine this runs on holds
+MAX_PARAMETERS = 10**12
+
 
 class ConfigDict:
     """`to_dict` / `from_dict` for a config dataclass; keys it does not know are ignored,
@@ -13,3 +23,22 @@ class ConfigDict:
     def from_dict(cls, d: dict):
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def check_sizes(config, limits: dict) -> None:
+    """Raise ValueError unless each named field is an int in its (low, high) range."""
+    for name, (low, high) in limits.items():
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+
+
+def check_epsilon(name: str, value) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
+        raise ValueError(f"{name} must be a number between 0 and 1, got {value!r}")
+
+
+def check_parameter_count(count: int) -> None:
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"the sizes imply {count:,} parameters, more than the {MAX_PARAMETERS:,} "
+                         f"any supported model has")

@@ -56,9 +56,20 @@ def _itemsize(dtype) -> int:
     return 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
 
 
-# Frozen with slots, like every object the allow-list hands out: a pickle's BUILD can
-# change neither a layout after it was checked nor a shared object for later loads.
-@dataclass(frozen=True, slots=True)
+def _immutable(cls):
+    """A frozen dataclass with slots and no `__setstate__` (which dataclass would add): a
+    pickle's BUILD can change neither a layout after it was checked nor an object the
+    allow-list shares between loads."""
+    cls = dataclass(frozen=True, slots=True)(cls)
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError(f"the pickle sets the state of a {cls.__name__}")
+
+    cls.__setstate__ = __setstate__
+    return cls
+
+
+@_immutable
 class _Storage:
     """A storage a tensor refers to: its archive, zip member, dtype and declared element count."""
     archive: "TorchArchive"
@@ -67,7 +78,7 @@ class _Storage:
     numel: int
 
 
-@dataclass(frozen=True, slots=True)
+@_immutable
 class LazyTensor:
     """A tensor whose bytes stay in the archive until `numpy()`."""
     storage: _Storage
@@ -130,12 +141,12 @@ class _Ignored:
         pass
 
 
-@dataclass(frozen=True, slots=True)
+@_immutable
 class _StorageType:
     dtype: object
 
 
-@dataclass(frozen=True, slots=True)
+@_immutable
 class _Constructor:
     """An allowed function, as REDUCE calls it."""
     function: Callable
@@ -146,10 +157,11 @@ class _Constructor:
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
     if not isinstance(storage, _Storage):
-        raise CheckpointError(f"a tensor's storage must be a storage record, got {type(storage).__name__}")
+        raise pickle.UnpicklingError(f"a tensor's storage must be a storage record, got {type(storage).__name__} "
+                                     f"{storage!r:.40}")
     if not (isinstance(size, tuple) and isinstance(stride, tuple)):
-        raise CheckpointError(f"a tensor's size and stride must be tuples, got {type(size).__name__} "
-                              f"and {type(stride).__name__}")
+        raise pickle.UnpicklingError(f"a tensor's size and stride must be tuples, got {type(size).__name__} "
+                                     f"and {type(stride).__name__}")
     return LazyTensor(storage, storage_offset, size, stride)
 
 
@@ -280,7 +292,8 @@ def load_torch_file(path):
     except (*_ZIP_ERRORS, pickle.UnpicklingError, KeyError, ValueError, TypeError, AttributeError, IndexError,
             RecursionError) as e:
         # what a malformed pickle makes the unpickler (or the allowed constructors) raise
-        raise CheckpointError(f"{path}: corrupt PyTorch checkpoint ({type(e).__name__}: {e})") from e
+        detail = e if isinstance(e, pickle.UnpicklingError) else f"{type(e).__name__}: {e}"
+        raise CheckpointError(f"{path}: corrupt PyTorch checkpoint ({detail})") from e
     for name, tensor in named_tensors(graph):
         problem = tensor.layout_problem()
         if problem:

@@ -295,7 +295,6 @@ def build_model_shapes(config: dict) -> dict:
 
 
 def _codegen_config_from(raw: dict, where: Path) -> dict:
-    from .models.codegen import CodeGenConfig
     if "init_args" in raw:  # PaddleNLP < 2.5 wrapped the config in its constructor arguments
         args = raw["init_args"] if isinstance(raw["init_args"], list) else []
         raw = next((a for a in args if isinstance(a, dict)), {})
@@ -338,7 +337,7 @@ def _hf_tensors(src: Path) -> Iterator[tuple]:
     for path in sorted(src.glob("pytorch_model*.bin")):
         state = load_torch_file(path)
         if not isinstance(state, dict):
-            raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+            raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
         for name, t in state.items():
             if not (isinstance(name, str) and isinstance(t, LazyTensor)):
                 continue
@@ -357,7 +356,13 @@ def _paddlenlp_codegen(src: Path):
     if not config_path.is_file():
         raise FileNotFoundError(f"{src}: PaddleNLP checkpoint without model_config.json or config.json")
     config = _codegen_config_from(read_json(config_path), config_path)
-    state = paddle.load(str(src / "model_state.pdparams"), return_numpy=True)
+    weights = src / "model_state.pdparams"
+    try:
+        state = paddle.load(str(weights), return_numpy=True)
+    except Exception as e:  # paddle.load raises whatever its unpickling of a damaged file does
+        raise CheckpointError(f"{weights}: corrupt PaddlePaddle checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{weights}: expected a state dict, found {type(state).__name__}")
     tensors = []
     for name, array in state.items():
         if name.endswith(_HF_IGNORED):

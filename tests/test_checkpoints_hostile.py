@@ -322,3 +322,12 @@ def test_every_hostile_checkpoint_is_one_line_and_exit_2_from_the_cli(tmp_path):
         run = codegen_cli("convert", src, tmp_path / "out")
         assert_one_line_refusal(run, f"{src / 'model.safetensors'}: corrupt safetensors file")
     assert not (tmp_path / "out").exists() and not (tmp_path / "pwned").exists()
+
+
+def test_a_damaged_paddlenlp_checkpoint_is_refused_naming_it(tmp_path):
+    src = tmp_path / "paddlenlp"
+    src.mkdir()
+    shutil.copy(FIXTURES / "hf-codegen-tiny-bin" / "config.json", src / "model_config.json")
+    (src / "model_state.pdparams").write_bytes(b"\x80\x04\x95 not a pickle")
+    with pytest.raises(CheckpointError, match=f"^{src / 'model_state.pdparams'}: corrupt PaddlePaddle checkpoint"):
+        convert(src, tmp_path / "out")

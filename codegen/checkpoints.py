@@ -16,7 +16,9 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .torch_pickle import CheckpointError, LazyTensor, load_torch_file, named_tensors
+from .paddle_pickle import load_paddle_state
+from .restricted_pickle import CheckpointError
+from .torch_pickle import LazyTensor, load_torch_file, named_tensors
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -351,23 +353,21 @@ def _read_st(path: Path, name: str) -> np.ndarray:
 
 
 def _paddlenlp_codegen(src: Path):
-    import paddle
     config_path = src / "model_config.json" if (src / "model_config.json").is_file() else src / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{src}: PaddleNLP checkpoint without model_config.json or config.json")
     config = _codegen_config_from(read_json(config_path), config_path)
     weights = src / "model_state.pdparams"
-    try:
-        state = paddle.load(str(weights), return_numpy=True)
-    except Exception as e:  # paddle.load raises whatever its unpickling of a damaged file does
-        raise CheckpointError(f"{weights}: corrupt PaddlePaddle checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{weights}: expected a state dict, found {type(state).__name__}")
     tensors = []
-    for name, array in state.items():
+    for name, array in load_paddle_state(weights).items():
         if name.endswith(_HF_IGNORED):
             continue
-        tensors.append((name, tuple(array.shape), array.dtype, (lambda a=array: a)))
+        dtype = array.dtype.newbyteorder("=")  # the writer converts a big-endian file's bytes
+        if dtype not in (np.float32, np.float16):
+            # Paddle pickles bfloat16 as uint16, which cannot be told from real integers
+            raise CheckpointError(f"{weights}: tensor {name} is {dtype.name}; only float32 and float16 "
+                                  f"weights are supported (re-save in one of them)")
+        tensors.append((name, tuple(array.shape), dtype, array.numpy))
     return config, tensors
 
 

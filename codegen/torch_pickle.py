@@ -21,13 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-
-class CheckpointError(ValueError):
-    """A checkpoint or config that cannot be used: one line naming the file and the problem."""
-
-    def __init__(self, message: str):
-        # nested library errors may span lines; the user gets one
-        super().__init__(" ".join(str(message).split("\n")))
+from .restricted_pickle import MAX_INDEX, CheckpointError, RestrictedUnpickler, unpickle_checkpoint
 
 
 _STORAGE_DTYPES = {
@@ -47,9 +41,6 @@ _STORAGE_DTYPES = {
 # states a few megabytes; the tensors' bytes live in their own members. Anything far
 # larger is a decompression bomb, not a checkpoint.
 _MAX_PICKLE_BYTES = 256 << 20
-# Bounds every size, stride and offset far above any real tensor (2**48 elements is a
-# petabyte of float32), so numpy's byte arithmetic on them cannot overflow.
-_MAX_INDEX = 1 << 48
 
 
 def _itemsize(dtype) -> int:
@@ -98,8 +89,8 @@ class LazyTensor:
             return f"{layout}: sizes, strides and offset must be integers"
         if len(self.shape) != len(self.stride):
             return f"{layout}: {len(self.shape)} sizes but {len(self.stride)} strides"
-        if not all(0 <= v < _MAX_INDEX for v in values) or prod(self.shape) >= _MAX_INDEX:
-            return f"{layout}: sizes, strides and offset must be in 0..{_MAX_INDEX - 1}"
+        if not all(0 <= v < MAX_INDEX for v in values) or prod(self.shape) >= MAX_INDEX:
+            return f"{layout}: sizes, strides and offset must be in 0..{MAX_INDEX - 1}"
         end = self._end()
         if end > self.storage.numel:
             return (f"{layout}: reaches element {end - 1} of storage {self.storage.key}, "
@@ -188,17 +179,10 @@ _ALLOWED_GLOBALS = {
 }
 
 
-class _Unpickler(pickle.Unpickler):
+class _Unpickler(RestrictedUnpickler):
     def __init__(self, file, archive):
-        super().__init__(file)
+        super().__init__(file, archive.path, _ALLOWED_GLOBALS)
         self.archive = archive
-
-    def find_class(self, module, name):
-        allowed = _ALLOWED_GLOBALS.get((module, name))
-        if allowed is None:
-            raise CheckpointError(f"{self.archive.path}: refuses global {module}.{name}: "
-                                  f"a checkpoint may hold tensors and plain data only")
-        return allowed
 
     def persistent_load(self, pid):
         # ('storage', storage_type, key, location, numel)
@@ -207,7 +191,7 @@ class _Unpickler(pickle.Unpickler):
         storage_type, key, numel = pid[1], str(pid[2]), pid[4]
         if not isinstance(storage_type, _StorageType):
             raise CheckpointError(f"{self.archive.path}: storage {key} has no storage type ({storage_type!r:.80})")
-        if not isinstance(numel, int) or isinstance(numel, bool) or not 0 <= numel < _MAX_INDEX:
+        if not isinstance(numel, int) or isinstance(numel, bool) or not 0 <= numel < MAX_INDEX:
             raise CheckpointError(f"{self.archive.path}: storage {key} declares {numel!r:.80} elements")
         self.archive.check_storage_member(key, numel * _itemsize(storage_type.dtype), numel)
         return _Storage(self.archive, key, storage_type.dtype, numel)
@@ -285,15 +269,7 @@ def named_tensors(graph, prefix: str = ""):
 
 def load_torch_file(path):
     """The object graph of a torch.save file, tensors as `LazyTensor`s whose layouts fit their storages."""
-    try:
-        graph = TorchArchive(path).load()
-    except CheckpointError:
-        raise
-    except (*_ZIP_ERRORS, pickle.UnpicklingError, KeyError, ValueError, TypeError, AttributeError, IndexError,
-            RecursionError) as e:
-        # what a malformed pickle makes the unpickler (or the allowed constructors) raise
-        detail = e if isinstance(e, pickle.UnpicklingError) else f"{type(e).__name__}: {e}"
-        raise CheckpointError(f"{path}: corrupt PyTorch checkpoint ({detail})") from e
+    graph = unpickle_checkpoint(path, "PyTorch", lambda: TorchArchive(path).load(), _ZIP_ERRORS)
     for name, tensor in named_tensors(graph):
         problem = tensor.layout_problem()
         if problem:

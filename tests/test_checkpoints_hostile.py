@@ -17,9 +17,10 @@ import pytest
 from codegen.checkpoints import WEIGHTS_FILE, CheckpointError, convert, load_model
 from codegen.models.codegeex import CodeGeeXConfig
 from codegen.models.codegen import CodeGenConfig
+from codegen.paddle_pickle import load_paddle_state
 from codegen.torch_pickle import load_torch_file, named_tensors
 
-from conftest import FIXTURES, Build, Call, Global, Raw, torch_tensor, write_torch_file
+from conftest import FIXTURES, Build, Call, Global, Raw, pickle_opcodes, torch_tensor, write_torch_file
 
 FLOATS = np.arange(16, dtype="<f4")
 CODEGEEX_JSON = FIXTURES / "codegeex" / "codegeex-tiny-a.json"
@@ -33,6 +34,11 @@ def hf_dir(tmp_path, graph, storages=None, compress=False, config=None):
         (FIXTURES / "hf-codegen-tiny-bin" / "config.json").read_text())))
     write_torch_file(src / "pytorch_model.bin", graph, storages, compress)
     return src
+
+
+def plain(obj) -> Raw:
+    """`obj` as the standard pickler writes it, inside a hand-written pickle."""
+    return Raw(pickle.dumps(obj, protocol=2)[2:-1])
 
 
 def codegen_cli(*args):
@@ -188,9 +194,6 @@ def test_a_global_that_is_not_data_is_refused_and_never_called(tmp_path, module,
 
 def test_training_arguments_and_rng_states_beside_the_weights_still_load(tmp_path):
     # what Megatron (CodeGeeX) saves next to "module", pickled by the standard pickler as torch.save does
-    def plain(obj):
-        return Raw(pickle.dumps(obj, protocol=2)[2:-1])
-
     graph = {"module": {"language_model": {"w": torch_tensor("0", (4, 4))}},
              "args": plain(argparse.Namespace(tensor_model_parallel_size=2, seed=1234)),
              "np_rng_state": plain(np.random.RandomState(0).get_state()),
@@ -227,6 +230,9 @@ def test_real_checkpoints_still_convert(tmp_path, src, config):
     ({"layer_norm_epsilon": "small"}, "layer_norm_epsilon must be a number between 0 and 1"),
     # each size allowed, together 1.3e12 parameters
     ({"vocab_size": 10_000_000, "n_embd": 65_536, "n_head": 64, "rotary_dim": 64}, "more than the 1,000,000,000,000"),
+    # few parameters, but sin and cos tables of 2 GiB, which the model computes when it is built
+    ({"n_positions": 1 << 20, "n_embd": 2048, "n_head": 4, "rotary_dim": 512},
+     "the rotary tables (n_positions × rotary_dim) would hold 536,870,912 floats, more than the 268,435,456"),
 ])
 def test_an_absurd_config_is_refused_naming_the_file(tmp_path, change, message):
     config = {**json.loads((FIXTURES / "hf-codegen-tiny-bin" / "config.json").read_text()), **change}
@@ -259,6 +265,13 @@ def test_parameter_count_is_what_the_model_allocates():
         with paddle.LazyGuard():
             model = build_model(config.to_dict())
         assert config.parameter_count == sum(int(np.prod(p.shape)) for p in model.parameters())
+
+
+def test_rotary_table_size_is_what_the_model_builds():
+    from codegen.models.codegen import CodeGenForCausalLM
+    config = CodeGenConfig(vocab_size=100, n_positions=48, n_embd=32, n_layer=1, n_head=4, rotary_dim=6)
+    model = CodeGenForCausalLM(config)
+    assert config.rotary_table_size == model.rotary_sin.size + model.rotary_cos.size
 
 
 # ---- safetensors -----------------------------------------------------------------------
@@ -324,10 +337,133 @@ def test_every_hostile_checkpoint_is_one_line_and_exit_2_from_the_cli(tmp_path):
     assert not (tmp_path / "out").exists() and not (tmp_path / "pwned").exists()
 
 
-def test_a_damaged_paddlenlp_checkpoint_is_refused_naming_it(tmp_path):
+# ---- PaddleNLP model_state.pdparams: paddle.save's pickles ---------------------------------
+
+def paddlenlp_dir(tmp_path, pdparams: bytes):
+    """A PaddleNLP CodeGen directory: the tiny fixture's config and `pdparams` as model_state.pdparams."""
     src = tmp_path / "paddlenlp"
-    src.mkdir()
+    src.mkdir(parents=True)
     shutil.copy(FIXTURES / "hf-codegen-tiny-bin" / "config.json", src / "model_config.json")
-    (src / "model_state.pdparams").write_bytes(b"\x80\x04\x95 not a pickle")
+    (src / "model_state.pdparams").write_bytes(pdparams)
+    return src
+
+
+PLAIN_F4 = (3, "<", None, None, None, -1, -1, 0)   # numpy's dtype state for float32
+
+
+def crafted_array(state, dtype="f4", dtype_state=PLAIN_F4, subtype=Global("numpy", "ndarray")):
+    """An ndarray as numpy pickles it, with `state(dtype)` as its (version, shape, dtype, is_fortran, bytes)."""
+    dtype = Build(Call(Global("numpy", "dtype"), (dtype, False, True)), dtype_state)
+    array = Call(Global("numpy.core.multiarray", "_reconstruct"), (subtype, (0,), b"b"))
+    return Build(array, state(dtype))
+
+
+def test_a_damaged_paddlenlp_checkpoint_is_refused_naming_it(tmp_path):
+    src = paddlenlp_dir(tmp_path, b"\x80\x04\x95 not a pickle")
     with pytest.raises(CheckpointError, match=f"^{src / 'model_state.pdparams'}: corrupt PaddlePaddle checkpoint"):
         convert(src, tmp_path / "out")
+
+
+def test_a_crafted_array_is_read_as_its_data_says(tmp_path):
+    # the reader builds arrays itself: check it against numpy's own pickles of the same values
+    path = tmp_path / "m.pdparams"
+    path.write_bytes(pickle_opcodes({
+        "crafted": crafted_array(lambda dtype: (1, (2, 2), dtype, False, FLOATS[:4].tobytes())),
+        "fortran": plain(np.asfortranarray(FLOATS.reshape(4, 4))),
+        "big-endian": plain(FLOATS.astype(">f4")),
+        "int8": plain(np.arange(-3, 3, dtype=np.int8))}))
+    arrays = {name: array.numpy() for name, array in load_paddle_state(path).items()}
+    assert np.array_equal(arrays["crafted"], FLOATS[:4].reshape(2, 2))
+    assert np.array_equal(arrays["fortran"], FLOATS.reshape(4, 4))
+    assert np.array_equal(arrays["big-endian"], FLOATS)
+    assert arrays["int8"].tolist() == [-3, -2, -1, 0, 1, 2]
+
+
+@pytest.mark.parametrize("module, name, argument", [
+    ("os", "system", "touch {marker}"),
+    ("posix", "system", "touch {marker}"),
+    ("builtins", "exec", "open({marker!r}, 'w')"),
+    ("builtins", "eval", "open({marker!r}, 'w')"),  # what paddle.save itself writes for a DenseTensor
+    ("subprocess", "check_call", ["touch", "{marker}"]),
+    ("numpy", "load", "{marker}"),                  # numpy beyond the array constructors is code too
+    ("paddle", "load", "{marker}"),
+])
+def test_a_pdparams_global_that_is_not_data_is_refused_and_never_called(tmp_path, module, name, argument):
+    marker = str(tmp_path / "pwned")
+    argument = [a.format(marker=marker) for a in argument] if isinstance(argument, list) else \
+        argument.format(marker=marker)
+    state = {"transformer.wte.weight": plain(FLOATS), "evil": Call(Global(module, name), (argument,))}
+    src = paddlenlp_dir(tmp_path, pickle_opcodes(state))
+    with pytest.raises(CheckpointError) as e:
+        convert(src, tmp_path / "out")
+    assert str(e.value) == (f"{src / 'model_state.pdparams'}: refuses global {module}.{name}: "
+                            f"a checkpoint may hold tensors and plain data only")
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("array, problem", [
+    (crafted_array(lambda dtype: (1, (32, 96), dtype, False, FLOATS[:1].tobytes())),
+     "tensor w: shape [32, 96] of float32 takes 12288 bytes, the file holds 4"),
+    (crafted_array(lambda dtype: (1, (-1,), dtype, False, b"")), "tensor w: shape (-1,) is not up to 32 sizes"),
+    (crafted_array(lambda dtype: (1, (0, 2 ** 70), dtype, False, b"")), "tensor w: shape (0, 118"),
+    (crafted_array(lambda dtype: (1, (1,) * 33, dtype, False, FLOATS[:1].tobytes())), "is not up to 32 sizes"),
+    (crafted_array(lambda dtype: (1, (1,), dtype, False, [1.0])),
+     "tensor w: array state holds _DtypeRecord, bool, list where a dtype, a bool and bytes belong"),
+    (crafted_array(lambda dtype: (2, (1,), dtype, False, FLOATS[:1].tobytes())), "is not numpy's (1, shape"),
+    # lists nested 100,000 deep (EMPTY_LIST ... APPEND ...): deeper than repr() can recurse
+    (Build(Call(Global("numpy.core.multiarray", "_reconstruct"), (Global("numpy", "ndarray"), (0,), b"b")),
+           Raw(b"]" * 100_000 + b"a" * 99_999)), "tensor w: array state [[[[[[[...]]]]]]] is not numpy's"),
+    (crafted_array(lambda dtype: (1, (1,), dtype, False, FLOATS[:1].tobytes()), dtype="O8"),
+     "corrupt PaddlePaddle checkpoint (an array of dtype 'O8' (only numbers are tensors))"),
+    (crafted_array(lambda dtype: (1, (1,), dtype, False, FLOATS[:1].tobytes()),
+                   dtype_state=(3, "|", None, ("a",), None, 4, 1, 16)), "not a plain number type"),
+    (crafted_array(lambda dtype: (1, (1,), dtype, False, FLOATS[:1].tobytes()), subtype=Global("numpy", "dtype")),
+     "_reconstruct of <function _dtype"),
+    (Call(Global("numpy", "ndarray"), ((4,),)), "corrupt PaddlePaddle checkpoint (TypeError: 'object' object is "
+                                                "not callable)"),
+])
+def test_a_crafted_pdparams_array_is_refused_naming_it(tmp_path, array, problem):
+    path = tmp_path / "model_state.pdparams"
+    path.write_bytes(pickle_opcodes({"w": array}))
+    with pytest.raises(CheckpointError) as e:
+        load_paddle_state(path)
+    assert str(e.value).startswith(f"{path}: ") and problem in str(e.value)
+
+
+@pytest.mark.parametrize("table, problem", [
+    ({"w": {"OriginShape": (4, 4), "slices": ["w@@.0", "w@@.9"]}}, "tensor w: slices ['w@@.9'] are not arrays"),
+    ({"w": {"OriginShape": (4, 5), "slices": ["w@@.0", "w@@.1"]}},
+     "tensor w: shape [4, 5] does not hold its slices' 16 elements"),
+    ({"w": {"OriginShape": (4, 4), "slices": [["w@@.0"]]}},
+     "tensor w: slice record {'OriginShape': (4, 4), 'slices': [['w@@.0']]} is not {'OriginShape': shape, "
+     "'slices': [names]}"),
+    ({"w": "w@@.0"}, "tensor w: slice record 'w@@.0' is not"),
+    ([], "UnpackBigParamInfor@@ is a list, not a dict"),
+])
+def test_a_bad_slice_table_is_refused_naming_the_tensor(tmp_path, table, problem):
+    path = tmp_path / "model_state.pdparams"
+    path.write_bytes(pickle_opcodes({"w@@.0": plain(FLOATS[:8]), "w@@.1": plain(FLOATS[8:]),
+                                     "UnpackBigParamInfor@@": table}))
+    with pytest.raises(CheckpointError) as e:
+        load_paddle_state(path)
+    assert str(e.value).startswith(f"{path}: ") and problem in str(e.value)
+
+
+def test_every_hostile_pdparams_is_one_line_and_exit_2_from_the_cli(tmp_path):
+    honest = pickle.dumps({"transformer.wte.weight": np.zeros((64, 64), np.float32)}, protocol=4)
+    cases = {
+        "truncated": (honest[: len(honest) // 2], "corrupt PaddlePaddle checkpoint (pickle data was truncated)"),
+        "garbage": (bytes(random.Random(0).randrange(256) for _ in range(4096)), "corrupt PaddlePaddle checkpoint"),
+        "a bytes length past the end": (b"\x80\x04\x8e" + struct.pack("<Q", 1 << 62) + b"xyz",
+                                        "corrupt PaddlePaddle checkpoint"),
+        "not a dict": (pickle.dumps([1, 2]), "expected a state dict, found list"),
+        "os.system": (pickle_opcodes({"x": Call(Global("os", "system"), (f"touch {tmp_path / 'pwned'}",))}),
+                      "refuses global os.system"),
+        "out of bounds": (pickle_opcodes({"w": crafted_array(lambda d: (1, (32, 96), d, False, b"1234"))}),
+                          "tensor w: shape [32, 96] of float32 takes 12288 bytes, the file holds 4"),
+    }
+    for case, (data, message) in cases.items():
+        src = paddlenlp_dir(tmp_path / case.replace(" ", "-"), data)
+        run = codegen_cli("convert", src, tmp_path / "out")
+        assert_one_line_refusal(run, f"{src / 'model_state.pdparams'}: ", message)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "pwned").exists()

@@ -15,7 +15,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .config_io import (MAX_HIDDEN, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, ConfigDict, check_epsilon,
-                        check_parameter_count, check_sizes)
+                        check_parameter_count, check_sizes, check_table_size)
 from .cache import KVCache, attend, attention_bias, full_attention_mask, position_ids_from_mask
 
 # Salesforce trained on TPU v4 with 4-way model parallelism and kept that
@@ -50,6 +50,7 @@ class CodeGenConfig(ConfigDict):
         if self.rotary_dim > self.head_dim or self.rotary_dim % 2:
             raise ValueError(f"rotary_dim ({self.rotary_dim}) must be even and at most head_dim ({self.head_dim})")
         check_parameter_count(self.parameter_count)
+        check_table_size("the rotary tables (n_positions × rotary_dim)", self.rotary_table_size)
 
     @property
     def head_dim(self) -> int:
@@ -76,6 +77,11 @@ class CodeGenConfig(ConfigDict):
         e, i = self.n_embd, self.inner_dim
         block = 2 * e + 4 * e * e + (e * i + i) + (i * e + e)  # ln_1, qkv + out, fc_in, fc_out
         return self.vocab_size * e + self.n_layer * block + 2 * e + (e * self.vocab_size + self.vocab_size)
+
+    @property
+    def rotary_table_size(self) -> int:
+        """Floats in the rotary sin and cos tables the model computes when it is built."""
+        return self.n_positions * self.rotary_dim
 
 
 

@@ -10,6 +10,10 @@ MAX_LAYERS = 1_000
 MAX_POSITIONS = 1 << 20
 # 4 TB of float32: more than any machine this runs on holds
 MAX_PARAMETERS = 10**12
+# Tables a model computes from its config when it is built (CodeGen's rotary sin and cos),
+# even under paddle.LazyGuard, before any weight is read: 1 GiB of float32, which fits a
+# 1M-token context with 256 rotary dimensions
+MAX_TABLE_FLOATS = 1 << 28
 
 
 class ConfigDict:
@@ -42,3 +46,9 @@ def check_parameter_count(count: int) -> None:
     if count > MAX_PARAMETERS:
         raise ValueError(f"the sizes imply {count:,} parameters, more than the {MAX_PARAMETERS:,} "
                          f"any supported model has")
+
+
+def check_table_size(what: str, floats: int) -> None:
+    if floats > MAX_TABLE_FLOATS:
+        raise ValueError(f"{what} would hold {floats:,} floats, more than the {MAX_TABLE_FLOATS:,} "
+                         f"a model may build from its config")

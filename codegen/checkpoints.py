@@ -16,7 +16,9 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .torch_pickle import LazyTensor, load_torch_file
+from .paddle_pickle import load_paddle_state
+from .restricted_pickle import CheckpointError
+from .torch_pickle import LazyTensor, load_torch_file, named_tensors
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -90,20 +92,52 @@ def write_safetensors(path: Path, tensors: Iterable[tuple[str, tuple, np.dtype, 
 
 # ---- loading our format ---------------------------------------------------------
 
+def read_json(path: Path) -> dict:
+    """The JSON object in a checkpoint's file, or a CheckpointError naming the file."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8
+        raise CheckpointError(f"{path}: not a readable JSON file ({e})") from e
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def open_safetensors(path: Path):
+    """`safe_open(path)`, which checks the header and that every tensor lies inside the file;
+    a truncated or malformed file is a CheckpointError."""
+    from safetensors import safe_open
+    try:
+        return safe_open(str(path), framework="np")
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise CheckpointError(f"{path}: corrupt safetensors file ({e})") from e
+
+
 def read_config(model_dir: Path) -> dict:
     config_path = model_dir / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: {model_dir} is not a converted codegen checkpoint "
                                 f"(run `codegen convert SRC {model_dir}` first)")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_path}: invalid JSON ({e})") from e
+    config = read_json(config_path)
     if config.get("format") != FORMAT:
-        raise ValueError(f"{config_path} is not in codegen's format (convert it with `codegen convert {model_dir} DST`)")
+        raise CheckpointError(f"{config_path} is not in codegen's format "
+                              f"(convert it with `codegen convert {model_dir} DST`)")
     if config.get("model_type") not in ("codegen", "codegeex"):
-        raise ValueError(f"{config_path}: model_type must be 'codegen' or 'codegeex', got {config.get('model_type')!r}")
+        raise CheckpointError(f"{config_path}: model_type must be 'codegen' or 'codegeex', "
+                              f"got {config.get('model_type')!r}")
+    checked_config(config, config_path)
     return config
+
+
+def checked_config(raw: dict, where: Path):
+    """The config object for a config dict, whose sizes its class checks (a CheckpointError naming `where`)."""
+    from .models import MODEL_TYPES
+    try:
+        return MODEL_TYPES[raw["model_type"]][0].from_dict(raw)
+    except ValueError as e:
+        raise CheckpointError(f"{where}: {e}") from e
 
 
 def build_model(config: dict):
@@ -116,7 +150,6 @@ def build_model(config: dict):
 def load_model(name_or_path, dtype: str = "float32"):
     """Load a converted checkpoint; weights are copied into the model one tensor at a time."""
     import paddle
-    from safetensors import safe_open
 
     model_dir = resolve_model_dir(name_or_path)
     config = read_config(model_dir)
@@ -126,11 +159,7 @@ def load_model(name_or_path, dtype: str = "float32"):
     with paddle.LazyGuard():
         model = build_model(config)
     expected = model.state_dict()
-    try:
-        reader = safe_open(str(weights), framework="np")
-    except Exception as e:  # safetensors raises its own error types for bad headers
-        raise ValueError(f"{weights}: corrupt safetensors file ({e})") from e
-    with reader:
+    with open_safetensors(weights) as reader:
         names = set(reader.keys())
         missing = sorted(set(expected) - names)
         unexpected = sorted(names - set(expected))
@@ -154,8 +183,7 @@ def load_model(name_or_path, dtype: str = "float32"):
 def read_tensors_into(path: Path, state: dict, hint: str) -> None:
     """Set every tensor of `state` from the safetensors file `path`, which must hold
     exactly those names and shapes; `hint` ends the mismatch error (what to check)."""
-    from safetensors import safe_open
-    with safe_open(str(path), framework="np") as f:
+    with open_safetensors(path) as f:
         names = set(f.keys())
         if names != set(state):
             raise ValueError(f"{path} does not match: missing {sorted(set(state) - names)[:5]}, "
@@ -211,7 +239,7 @@ def detect_format(src: Path) -> str:
         return "codegeex"
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: no such checkpoint file or directory")
-    if (src / CONFIG_FILE).is_file() and json.loads((src / CONFIG_FILE).read_text()).get("format") == FORMAT:
+    if (src / CONFIG_FILE).is_file() and read_json(src / CONFIG_FILE).get("format") == FORMAT:
         return "ours"
     if (src / "model_state.pdparams").is_file():
         return "paddlenlp"
@@ -256,7 +284,7 @@ def _write_converted(config: dict, tensors: list, src_dir: Path, dst: Path):
     write_safetensors(dst / WEIGHTS_FILE, tensors)
     _write_config(dst, config)
     has_own_tokenizer = (src_dir / "tokenizer_config.json").is_file() and \
-        "family" in json.loads((src_dir / "tokenizer_config.json").read_text())
+        "family" in read_json(src_dir / "tokenizer_config.json")
     load_tokenizer(src_dir if has_own_tokenizer else config["model_type"]).save(dst)
 
 
@@ -269,22 +297,20 @@ def build_model_shapes(config: dict) -> dict:
 
 
 def _codegen_config_from(raw: dict, where: Path) -> dict:
-    from .models.codegen import CodeGenConfig
     if "init_args" in raw:  # PaddleNLP < 2.5 wrapped the config in its constructor arguments
-        raw = next(a for a in raw["init_args"] if isinstance(a, dict))
+        args = raw["init_args"] if isinstance(raw["init_args"], list) else []
+        raw = next((a for a in args if isinstance(a, dict)), {})
     missing = [k for k in ("n_embd", "n_layer", "n_head", "vocab_size") if k not in raw]
     if missing:
-        raise ValueError(f"{where}: not a CodeGen config (missing {', '.join(missing)})")
-    config = CodeGenConfig.from_dict(raw).to_dict()
-    config["model_type"] = "codegen"
-    return config
+        raise CheckpointError(f"{where}: not a CodeGen config (missing {', '.join(missing)})")
+    return checked_config({**raw, "model_type": "codegen"}, where).to_dict()
 
 
 _HF_IGNORED = ("attn.causal_mask", "attn.masked_bias", "attn.bias")
 
 
 def _huggingface_codegen(src: Path):
-    config = _codegen_config_from(json.loads((src / CONFIG_FILE).read_text()), src / CONFIG_FILE)
+    config = _codegen_config_from(read_json(src / CONFIG_FILE), src / CONFIG_FILE)
     tensors = []
     for name, shape, dtype, load in _hf_tensors(src):
         if name.endswith(_HF_IGNORED):
@@ -300,9 +326,8 @@ def _huggingface_codegen(src: Path):
 def _hf_tensors(src: Path) -> Iterator[tuple]:
     st_files = sorted(src.glob("*.safetensors"))
     if st_files:
-        from safetensors import safe_open
         for path in st_files:
-            with safe_open(str(path), framework="np") as f:
+            with open_safetensors(path) as f:
                 for name in f.keys():
                     sl = f.get_slice(name)
                     dtype = {"F32": np.float32, "F16": np.float16}.get(sl.get_dtype())
@@ -314,41 +339,44 @@ def _hf_tensors(src: Path) -> Iterator[tuple]:
     for path in sorted(src.glob("pytorch_model*.bin")):
         state = load_torch_file(path)
         if not isinstance(state, dict):
-            raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+            raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
         for name, t in state.items():
-            if not isinstance(t, LazyTensor):
+            if not (isinstance(name, str) and isinstance(t, LazyTensor)):
                 continue
             dtype = np.float32 if t.dtype == "bfloat16" else np.dtype(t.dtype)
             yield name, t.shape, dtype, t.numpy
 
 
 def _read_st(path: Path, name: str) -> np.ndarray:
-    from safetensors import safe_open
-    with safe_open(str(path), framework="np") as f:
+    with open_safetensors(path) as f:
         return f.get_tensor(name)
 
 
 def _paddlenlp_codegen(src: Path):
-    import paddle
     config_path = src / "model_config.json" if (src / "model_config.json").is_file() else src / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{src}: PaddleNLP checkpoint without model_config.json or config.json")
-    config = _codegen_config_from(json.loads(config_path.read_text()), config_path)
-    state = paddle.load(str(src / "model_state.pdparams"), return_numpy=True)
+    config = _codegen_config_from(read_json(config_path), config_path)
+    weights = src / "model_state.pdparams"
     tensors = []
-    for name, array in state.items():
+    for name, array in load_paddle_state(weights).items():
         if name.endswith(_HF_IGNORED):
             continue
-        tensors.append((name, tuple(array.shape), array.dtype, (lambda a=array: a)))
+        dtype = array.dtype.newbyteorder("=")  # the writer converts a big-endian file's bytes
+        if dtype not in (np.float32, np.float16):
+            # Paddle pickles bfloat16 as uint16, which cannot be told from real integers
+            raise CheckpointError(f"{weights}: tensor {name} is {dtype.name}; only float32 and float16 "
+                                  f"weights are supported (re-save in one of them)")
+        tensors.append((name, tuple(array.shape), dtype, array.numpy))
     return config, tensors
 
 
 def _codegeex(src: Path, config_path):
     """THUDM's CodeGeeX `.pt`: one file, or `mp_rank_XX_model_states.pt` shards in a directory."""
-    from .models.codegeex import CodeGeeXConfig
     shards = [_codegeex_flat_state(path) for path in _codegeex_shard_files(src)]
     pieces = _codegeex_pieces(shards, src)
-    config = CodeGeeXConfig(**_codegeex_hyperparameters(pieces, src, config_path)).to_dict()
+    hyperparameters = _codegeex_hyperparameters(pieces, src, config_path)
+    config = checked_config({**hyperparameters, "model_type": "codegeex"}, config_path or src).to_dict()
     tensors = [(name, piece.shape, piece.dtype, piece.load) for name, piece in pieces.items()]
     return config, tensors
 
@@ -382,20 +410,10 @@ def _codegeex_flat_state(path: Path) -> dict:
     model = obj.get("module", obj) if isinstance(obj, dict) else None
     language_model = model.get("language_model") if isinstance(model, dict) else None
     if not isinstance(language_model, dict):
-        found = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(f"{path}: not a CodeGeeX checkpoint (expected module -> language_model -> "
-                         f"embedding / topQueryEmbedding / transformer, found {found})")
-    flat = {}
-
-    def walk(node: dict, prefix: str):
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            elif isinstance(value, LazyTensor):
-                flat[prefix + key] = value
-
-    walk(language_model, "")
-    return flat
+        found = sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{path}: not a CodeGeeX checkpoint (expected module -> language_model -> "
+                              f"embedding / topQueryEmbedding / transformer, found {found})")
+    return dict(named_tensors(language_model))
 
 
 class _CodeGeeXPiece:
@@ -406,17 +424,22 @@ class _CodeGeeXPiece:
     over its own heads; `transpose` turns torch's [out, in] into Paddle's [in, out].
     """
 
-    def __init__(self, name: str, tensors: list, axis, part=None, transpose=False):
+    def __init__(self, src: Path, name: str, tensors: list, axis, part=None, transpose=False):
         shapes = {t.shape for t in tensors}
         if len(shapes) != 1:
-            raise ValueError(f"CodeGeeX tensor {name} has different shapes in the shards: {sorted(shapes)}")
+            raise CheckpointError(f"{src}: CodeGeeX tensor {name} has different shapes in the shards: "
+                                  f"{sorted(shapes)}")
         self.tensors = tensors if axis is not None else tensors[:1]
         self.axis, self.part, self.transpose = axis, part, transpose
         shape = list(tensors[0].shape)
+        rank = max(0 if axis is None else axis + 1, 0 if part is None else 1)
+        if len(shape) < rank:
+            raise CheckpointError(f"{src}: CodeGeeX tensor {name} has shape {shape}; it is split or fused "
+                                  f"along a dimension it does not have")
         if part is not None:
             if shape[0] % part[1]:
-                raise ValueError(f"CodeGeeX tensor {name}: {shape[0]} rows do not split into {part[1]} "
-                                 f"fused projections")
+                raise CheckpointError(f"{src}: CodeGeeX tensor {name}: {shape[0]} rows do not split into "
+                                      f"{part[1]} fused projections")
             shape[0] //= part[1]
         if axis is not None:
             shape[axis] *= len(tensors)
@@ -457,7 +480,7 @@ def _codegeex_pieces(shards: list[dict], src: Path) -> dict:
         tensors = [shard[name] for shard in shards]
         if name in _CODEGEEX_EMBEDDINGS:
             ours, axis = _CODEGEEX_EMBEDDINGS[name]
-            pieces[ours] = _CodeGeeXPiece(name, tensors, axis)
+            pieces[ours] = _CodeGeeXPiece(src, name, tensors, axis)
             continue
         if not name.startswith("transformer."):
             raise ValueError(f"{src}: unexpected tensor {name} in a CodeGeeX checkpoint")
@@ -467,7 +490,7 @@ def _codegeex_pieces(shards: list[dict], src: Path) -> dict:
         is_linear = linear in ("query", "key", "value", "dense", "dense_h_to_4h", "dense_4h_to_h",
                                *_CODEGEEX_FUSED)
         if not is_linear:                             # LayerNorms: copies on every shard
-            pieces[ours] = _CodeGeeXPiece(name, tensors, None)
+            pieces[ours] = _CodeGeeXPiece(src, name, tensors, None)
             continue
         # Megatron splits column-parallel Linears along their output and row-parallel
         # ones (attention.dense, dense_4h_to_h) along their input, whose bias every shard copies
@@ -477,9 +500,10 @@ def _codegeex_pieces(shards: list[dict], src: Path) -> dict:
         if linear in _CODEGEEX_FUSED:
             parts = _CODEGEEX_FUSED[linear]
             for index, part in enumerate(parts):
-                pieces[f"{prefix}.{part}.{kind}"] = _CodeGeeXPiece(name, tensors, axis, (index, len(parts)), transpose)
+                pieces[f"{prefix}.{part}.{kind}"] = _CodeGeeXPiece(src, name, tensors, axis, (index, len(parts)),
+                                                                   transpose)
         else:
-            pieces[ours] = _CodeGeeXPiece(name, tensors, axis, transpose=transpose)
+            pieces[ours] = _CodeGeeXPiece(src, name, tensors, axis, transpose=transpose)
     return pieces
 
 
@@ -487,7 +511,9 @@ def _codegeex_hyperparameters(pieces: dict, src: Path, config_path) -> dict:
     from .models.codegeex import CodeGeeXConfig
     for name in ("word_embeddings.weight", "position_embeddings.weight"):
         if name not in pieces:
-            raise ValueError(f"{src}: CodeGeeX checkpoint without {name}")
+            raise CheckpointError(f"{src}: CodeGeeX checkpoint without {name}")
+        if len(pieces[name].shape) != 2:
+            raise CheckpointError(f"{src}: CodeGeeX {name} has shape {list(pieces[name].shape)}, not a matrix")
     vocab, hidden = pieces["word_embeddings.weight"].shape
     positions = pieces["position_embeddings.weight"].shape[0]
     standard_layers = len({name.split(".")[1] for name in pieces if name.startswith("layers.")})
@@ -501,11 +527,9 @@ def _codegeex_hyperparameters(pieces: dict, src: Path, config_path) -> dict:
         return {**inferred, "num_attention_heads": thirteen_b.num_attention_heads}
     config_path = Path(config_path)
     try:
-        given = json.loads(config_path.read_text())
+        given = read_json(config_path)
     except FileNotFoundError:
         raise FileNotFoundError(f"--config {config_path}: no such file") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_path}: invalid JSON ({e})") from e
     missing = [key for key in _CODEGEEX_CONFIG_KEYS if key not in given]
     if missing:
         raise ValueError(f"{config_path}: missing {', '.join(missing)}")

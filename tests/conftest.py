@@ -1,6 +1,11 @@
-"""Shared fixtures: small models saved in codegen's format, made at test time."""
+"""Shared fixtures: small models saved in codegen's format, made at test time, torch files written by
+hand, and the 2-rank training launch."""
+import math
+import pickle
 import sys
+import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -35,3 +40,85 @@ def two_rank_launch(script: Path, model_dir: Path, directory: Path, *flags: str)
             "--model_name_or_path", str(model_dir), "--train_file", str(train),
             "--data_cache_dir", str(directory / "cache"), "--output_dir", str(directory / "out"),
             "--block_size", "32", "--per_device_train_batch_size", "2", "--learning_rate", "5e-3", *flags]
+
+
+# ---- torch.save files written by hand: the tests never import torch --------------
+
+class Global(NamedTuple):
+    """A global the pickle names (GLOBAL): what `module.name` would be if it were imported."""
+    module: str
+    name: str
+
+
+class Call(NamedTuple):
+    """`function(*args)` when unpickled (REDUCE)."""
+    function: object
+    args: tuple
+
+
+class Build(NamedTuple):
+    """`target`, then its state set to `state` (BUILD)."""
+    target: object
+    state: object
+
+
+class PersistentId(NamedTuple):
+    """A reference the unpickler resolves itself (BINPERSID): torch's storages."""
+    pid: tuple
+
+
+class Raw(NamedTuple):
+    """Opcodes inserted as they are, e.g. `pickle.dumps(x, protocol=2)[2:-1]`."""
+    opcodes: bytes
+
+
+def pickle_opcodes(obj) -> bytes:
+    """A protocol-2 pickle (torch.save's protocol) of dicts, lists, tuples, plain values and the nodes above."""
+    out = bytearray(b"\x80\x02")
+
+    def emit(o):
+        if isinstance(o, Global):
+            out.extend(f"c{o.module}\n{o.name}\n".encode())
+        elif isinstance(o, Call):
+            emit(o.function), emit(tuple(o.args)), out.extend(b"R")
+        elif isinstance(o, Build):
+            emit(o.target), emit(o.state), out.extend(b"b")
+        elif isinstance(o, PersistentId):
+            emit(o.pid), out.extend(b"Q")
+        elif isinstance(o, Raw):
+            out.extend(o.opcodes)
+        elif isinstance(o, dict):
+            out.extend(b"}")
+            for key, value in o.items():
+                emit(key), emit(value), out.extend(b"s")
+        elif isinstance(o, (tuple, list)):
+            out.extend(b"(")
+            for item in o:
+                emit(item)
+            out.extend(b"t" if isinstance(o, tuple) else b"l")
+        else:  # None, bools, numbers, strings
+            out.extend(pickle.dumps(o, protocol=2)[2:-1])
+
+    emit(obj)
+    return bytes(out + b".")
+
+
+def torch_tensor(key: str, shape, stride=None, offset=0, storage="FloatStorage", numel=None) -> Call:
+    """A tensor as torch.save pickles it: `_rebuild_tensor_v2` over storage `key` (contiguous by default)."""
+    shape = tuple(shape)
+    if stride is None:
+        stride = tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))
+    numel = math.prod(shape) + offset if numel is None else numel
+    ref = PersistentId(("storage", Global("torch", storage), key, "cpu", numel))
+    return Call(Global("torch._utils", "_rebuild_tensor_v2"),
+                (ref, offset, shape, tuple(stride), False, Call(Global("collections", "OrderedDict"), ())))
+
+
+def write_torch_file(path: Path, graph, storages: dict | None = None, compress: bool = False) -> Path:
+    """A torch.save-style zip: `graph` pickled as data.pkl, `storages` (key -> bytes) beside it."""
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle_opcodes(graph))
+        for key, data in (storages or {}).items():
+            archive.writestr(f"archive/data/{key}", data,
+                             compress_type=zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED)
+    return path

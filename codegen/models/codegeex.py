@@ -19,7 +19,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .config_io import ConfigDict
+from .config_io import (MAX_HIDDEN, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, ConfigDict, check_epsilon,
+                        check_parameter_count, check_sizes)
 from .cache import KVCache, attend, attention_bias, full_attention_mask, position_ids_from_mask
 
 
@@ -35,11 +36,14 @@ class CodeGeeXConfig(ConfigDict):
     model_type: str = "codegeex"
 
     def __post_init__(self):
-        if self.num_attention_heads < 1 or self.hidden_size % self.num_attention_heads:
+        check_sizes(self, {"hidden_size": (1, MAX_HIDDEN), "num_layers": (1, MAX_LAYERS),
+                           "num_attention_heads": (1, MAX_HIDDEN), "padded_vocab_size": (1, MAX_VOCAB),
+                           "max_position_embeddings": (1, MAX_POSITIONS)})
+        check_epsilon("layernorm_epsilon", self.layernorm_epsilon)
+        if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by "
                              f"num_attention_heads ({self.num_attention_heads})")
-        if self.num_layers < 1:
-            raise ValueError(f"num_layers ({self.num_layers}) counts the top-query layer, so it must be at least 1")
+        check_parameter_count(self.parameter_count)
 
     @property
     def head_dim(self) -> int:
@@ -52,6 +56,13 @@ class CodeGeeXConfig(ConfigDict):
     @property
     def num_heads(self) -> int:
         return self.num_attention_heads
+
+    @property
+    def parameter_count(self) -> int:
+        h = self.hidden_size
+        layer = 2 * 2 * h + 4 * (h * h + h) + (h * 4 * h + 4 * h) + (4 * h * h + h)  # LayerNorms, attention, MLP
+        embeddings = (self.padded_vocab_size + 2 * self.max_position_embeddings) * h
+        return embeddings + self.num_layers * layer + 2 * h
 
 
 

@@ -14,7 +14,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .config_io import ConfigDict
+from .config_io import (MAX_HIDDEN, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, ConfigDict, check_epsilon,
+                        check_parameter_count, check_sizes, check_table_size)
 from .cache import KVCache, attend, attention_bias, full_attention_mask, position_ids_from_mask
 
 # Salesforce trained on TPU v4 with 4-way model parallelism and kept that
@@ -37,12 +38,19 @@ class CodeGenConfig(ConfigDict):
     model_type: str = "codegen"
 
     def __post_init__(self):
+        check_sizes(self, {"vocab_size": (1, MAX_VOCAB), "n_positions": (1, MAX_POSITIONS), "n_embd": (1, MAX_HIDDEN),
+                           "n_layer": (1, MAX_LAYERS), "n_head": (1, MAX_HIDDEN), "rotary_dim": (0, MAX_HIDDEN)})
+        if self.n_inner is not None:
+            check_sizes(self, {"n_inner": (1, 4 * MAX_HIDDEN)})
+        check_epsilon("layer_norm_epsilon", self.layer_norm_epsilon)
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_head % MP_NUM:
             raise ValueError(f"n_head ({self.n_head}) must be divisible by {MP_NUM} (the fused QKV layout)")
         if self.rotary_dim > self.head_dim or self.rotary_dim % 2:
             raise ValueError(f"rotary_dim ({self.rotary_dim}) must be even and at most head_dim ({self.head_dim})")
+        check_parameter_count(self.parameter_count)
+        check_table_size("the rotary tables (n_positions × rotary_dim)", self.rotary_table_size)
 
     @property
     def head_dim(self) -> int:
@@ -63,6 +71,17 @@ class CodeGenConfig(ConfigDict):
     @property
     def num_heads(self) -> int:
         return self.n_head
+
+    @property
+    def parameter_count(self) -> int:
+        e, i = self.n_embd, self.inner_dim
+        block = 2 * e + 4 * e * e + (e * i + i) + (i * e + e)  # ln_1, qkv + out, fc_in, fc_out
+        return self.vocab_size * e + self.n_layer * block + 2 * e + (e * self.vocab_size + self.vocab_size)
+
+    @property
+    def rotary_table_size(self) -> int:
+        """Floats in the rotary sin and cos tables the model computes when it is built."""
+        return self.n_positions * self.rotary_dim
 
 
 

@@ -127,7 +127,8 @@ def load_fast(name_or_path, weight_dtype: str = "fp32", head_dtype: str | None =
     process's RSS while it is open, which would double the peak. Falls back to
     the plain model (after load()'s warning) if the kernels cannot be built.
     """
-    from ..checkpoints import WEIGHTS_FILE, build_model, load_model, read_config, resolve_model_dir
+    from ..checkpoints import (WEIGHTS_FILE, build_model, load_model, open_safetensors, read_config,
+                               resolve_model_dir)
     from ..kernels import load
 
     model_dir = resolve_model_dir(name_or_path)
@@ -140,6 +141,10 @@ def load_fast(name_or_path, weight_dtype: str = "fp32", head_dtype: str | None =
     if kernels is None:
         return load_model(model_dir)
     weights = model_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found: the checkpoint in {model_dir} is incomplete")
+    with open_safetensors(weights):
+        pass  # opening checks the header, and that every tensor lies inside the file, before we read any
     read = _tensor_reader(weights)
     with paddle.LazyGuard():
         model = build_model(config)

@@ -69,7 +69,11 @@ def test_entries_are_bounded_and_least_recently_used_go_first(model):
 def test_batches_and_cancelled_rows_leave_the_cache_consistent(model):
     spy, cache = Recording(model), PromptCache()
     collect(stream(spy, ByteTokenizer(), [Request(PROMPT, CONFIG), Request(PROMPT[:10], CONFIG)], prompt_cache=cache))
-    assert len(cache) == 0                          # only single-row streams use it
+    assert len(cache) == 2                          # each single-row request leaves its cache
+    collect(stream(spy, ByteTokenizer(), [Request([1, 2, 3], GenerationConfig(max_new_tokens=2,
+                                                                              num_return_sequences=2))],
+                   prompt_cache=cache))
+    assert len(cache) == 2                          # rows of a request with n > 1 do not
 
     run = stream(spy, ByteTokenizer(), [Request(PROMPT, CONFIG)], prompt_cache=cache)
     next(run)

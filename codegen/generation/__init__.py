@@ -12,9 +12,9 @@ context with their max_new_tokens (the predictor truncates them).
 """
 from .beam import beam_search
 from .config import DECODE_STRATEGIES, GenerationConfig
-from .decode import Request, Stream, generate, stream
+from .decode import Batch, Request, Stream, generate, stream
 from .outputs import Sequence, StreamEvent
 from .prompt_cache import PromptCache
 
-__all__ = ["DECODE_STRATEGIES", "GenerationConfig", "PromptCache", "Request", "Sequence", "Stream",
+__all__ = ["Batch", "DECODE_STRATEGIES", "GenerationConfig", "PromptCache", "Request", "Sequence", "Stream",
            "StreamEvent", "beam_search", "generate", "stream"]

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from codegen.generation import Batch, GenerationConfig, Request, generate
+from codegen.generation import Batch, GenerationConfig, generate
 from codegen.models.fast import make_fast
 
 from test_fast import copy_of, small_model
@@ -33,16 +33,16 @@ def test_requests_joining_mid_batch_get_their_solo_greedy_tokens(fast):
     model = make_fast(copy_of(small_model(vocab_size=VOCAB, n_positions=128)), "fp32") if fast else tiny_model()
     config = GenerationConfig(max_new_tokens=12, logprobs=2)
     batch = Batch(model, ByteTokenizer(), prefill_chunk=32)
-    (first,) = batch.add(Request(SHORT, config))
+    (first,) = batch.add(SHORT, config)
     events = []
     for _ in range(4):
         events += batch.step()
     # the first row is decoding; a longer prompt joins (older rows shift right), then a shorter one
     assert batch.decoding == 1 and len(first.tokens) == 4
-    (second,) = batch.add(Request(LONG, config))
+    (second,) = batch.add(LONG, config)
     for _ in range(3):
         events += batch.step()
-    (third,) = batch.add(Request(SHORT[:3], GenerationConfig(max_new_tokens=5)))
+    (third,) = batch.add(SHORT[:3], GenerationConfig(max_new_tokens=5))
     assert len(first.tokens) == 7 and second.tokens      # the first kept decoding while the second prefilled
     rows = run_until_empty(batch, events)
     for row, prompt, row_config in ((first, SHORT, config), (second, LONG, config),
@@ -55,10 +55,10 @@ def test_requests_joining_mid_batch_get_their_solo_greedy_tokens(fast):
 def test_a_long_prefill_does_not_stall_a_running_stream(model):
     spy = Recording(model)
     batch = Batch(spy, ByteTokenizer(), prefill_chunk=16)
-    (running,) = batch.add(Request(SHORT, GenerationConfig(max_new_tokens=30)))
+    (running,) = batch.add(SHORT, GenerationConfig(max_new_tokens=30))
     batch.step()
     spy.shapes.clear()
-    (joining,) = batch.add(Request(LONG, GenerationConfig(max_new_tokens=3)))
+    (joining,) = batch.add(LONG, GenerationConfig(max_new_tokens=3))
     tokens = []
     while not joining.tokens:
         batch.step()
@@ -71,9 +71,9 @@ def test_a_long_prefill_does_not_stall_a_running_stream(model):
 def test_a_request_that_would_outgrow_the_context_waits_for_room(model):
     long_generation = GenerationConfig(max_new_tokens=100)       # 5 + 100 fits 128 ...
     batch = Batch(model, ByteTokenizer())
-    (first,) = batch.add(Request(SHORT[:5], long_generation))
+    (first,) = batch.add(SHORT[:5], long_generation)
     events = batch.step() + batch.step()
-    (second,) = batch.add(Request(LONG, GenerationConfig(max_new_tokens=30)))   # ... but not beside 90 + 30
+    (second,) = batch.add(LONG, GenerationConfig(max_new_tokens=30))   # ... but not beside 90 + 30
     events += batch.step()
     assert second.tokens and batch.decoding == 1                 # prefilled, not joined yet
     rows = run_until_empty(batch, events)
@@ -84,9 +84,9 @@ def test_a_request_that_would_outgrow_the_context_waits_for_room(model):
 def test_ended_rows_finish_with_length_and_cancelled_rows_say_nothing_more(model):
     batch = Batch(model, ByteTokenizer(), prefill_chunk=8)
     config = GenerationConfig(max_new_tokens=50)
-    (ended,) = batch.add(Request(SHORT, config))
-    (cancelled,) = batch.add(Request(SHORT[:4], config))
-    (waiting,) = batch.add(Request(LONG, GenerationConfig(max_new_tokens=30)))
+    (ended,) = batch.add(SHORT, config)
+    (cancelled,) = batch.add(SHORT[:4], config)
+    (waiting,) = batch.add(LONG, GenerationConfig(max_new_tokens=30))
     events = batch.step() + batch.step()
     batch.end(ended.index)
     batch.end(waiting.index)                    # still prefilling: ends with nothing

@@ -15,6 +15,7 @@ from .config import DECODE_STRATEGIES, GenerationConfig
 from .decode import Batch, Request, Stream, generate, stream
 from .outputs import Sequence, StreamEvent
 from .prompt_cache import PromptCache
+from .scoring import score
 
 __all__ = ["Batch", "DECODE_STRATEGIES", "GenerationConfig", "PromptCache", "Request", "Sequence", "Stream",
-           "StreamEvent", "beam_search", "generate", "stream"]
+           "StreamEvent", "beam_search", "generate", "score", "stream"]

@@ -152,14 +152,12 @@ class Batch:
 
     # -- the owner's thread ------------------------------------------------------------
 
-    def add(self, request: Request, where: str = "request") -> list[_Row]:
-        """Queue `request`; returns its rows (their `index` numbers its events). ValueError if it is bad."""
-        if not isinstance(request, Request):
-            raise ValueError(f"{where} must be a Request, got {type(request).__name__}")
-        config = request.config.validate()
+    def add(self, prompt_ids: list[int], config: GenerationConfig, where: str = "request") -> list[_Row]:
+        """Queue a prompt; returns its rows (their `index` numbers its events). ValueError if it is bad."""
+        config = config.validate()
         if config.decode_strategy == "beam_search":
             raise ValueError(f"{where}: beam search cannot be streamed; use generate()")
-        prompt = check_prompt(self.model, request.prompt_ids, config.max_new_tokens, where)
+        prompt = check_prompt(self.model, prompt_ids, config.max_new_tokens, where)
         prompt, healed, first_choices = heal_prompt(self.tokenizer, prompt, self._usable)
         rows = []
         for j in range(config.num_return_sequences):
@@ -385,7 +383,9 @@ class Stream:
         self.batch = Batch(model, tokenizer, prompt_cache)
         self.rows: list[_Row] = []
         for i, request in enumerate(requests):
-            self.rows += self.batch.add(request, f"requests[{i}]")
+            if not isinstance(request, Request):
+                raise ValueError(f"requests[{i}] must be a Request, got {type(request).__name__}")
+            self.rows += self.batch.add(request.prompt_ids, request.config, f"requests[{i}]")
         self._events = self._run()
 
     def __iter__(self) -> "Stream":

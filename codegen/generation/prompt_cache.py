@@ -28,6 +28,8 @@ class PromptCache:
         self._entries: OrderedDict[int, tuple[np.ndarray, object]] = OrderedDict()
         self._next_key = 0
         self._lock = threading.Lock()
+        # totals since creation, for monitoring
+        self.lookups = self.hits = self.reused_tokens = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -49,10 +51,13 @@ class PromptCache:
                 shared = _common_prefix(tokens, prompt[:-1])
                 if shared > best:
                     best_key, best = key, shared
+            self.lookups += 1
             if best_key is None:
                 return model.new_cache(1, max_length=max_length), 0
             self._entries.move_to_end(best_key)
             source = self._entries[best_key][1]
+            self.hits += 1
+            self.reused_tokens += best
         return copy_positions(model, source, 0, best, max_length), best
 
     def put(self, token_ids: list[int], cache) -> None:

@@ -18,12 +18,14 @@ class Settings:
     model: str | None = None
     host: str = "127.0.0.1"
     port: int = 8978
-    api_key: str | None = None
+    api_key: tuple[str, ...] | str | None = None     # a str is one key
+    api_key_file: str | None = None
     device: str | None = None
     quantize: str | None = None
     max_batch_size: int = 8
     max_queue: int = 64
     prompt_cache_entries: int = 4
+    request_timeout: float | None = None
     # defaults for fields a request leaves out (OpenAI's own defaults)
     max_tokens: int = 16
     temperature: float = 1.0
@@ -32,6 +34,10 @@ class Settings:
     log_level: str = "info"
 
     def __post_init__(self):
+        if isinstance(self.api_key, str):
+            object.__setattr__(self, "api_key", (self.api_key,))
+        if self.request_timeout is not None and self.request_timeout <= 0:
+            raise ValueError(f"request_timeout must be a positive number of seconds, got {self.request_timeout}")
         for name in ("max_batch_size", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -58,12 +64,14 @@ _HELP = {
              "shipped in the package)",
     "host": "address to listen on",
     "port": "TCP port (0 picks a free one)",
-    "api_key": "when set, /v1 routes require 'Authorization: Bearer KEY'",
+    "api_key": "when set, /v1 routes require 'Authorization: Bearer KEY'; repeat for several keys",
+    "api_key_file": "file of accepted keys, one per line, re-read on SIGHUP",
     "device": "cpu, gpu or gpu:N (default: gpu if available)",
     "quantize": "'int8' for int8 weights",
     "max_batch_size": "most sequences decoded together; also the limit on prompts x n in one request",
     "max_queue": "requests allowed to wait for the model before new ones get 429",
     "prompt_cache_entries": "prompts whose KV cache is kept for reuse by the next similar prompt (0 disables)",
+    "request_timeout": "seconds after which a request ends with what it has (finish_reason 'length')",
     "max_tokens": "max_tokens of requests that leave it out",
     "temperature": "temperature of requests that leave it out (0 means greedy)",
     "top_p": "top_p of requests that leave it out",
@@ -87,6 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default = getattr(defaults, field.name)
         shown = "" if default is None else f"; default {default}"
         parser.add_argument("--" + field.name.replace("_", "-"), default=None, metavar=field.name.upper(),
+                            action="append" if field.name == "api_key" else "store",
                             help=f"{_HELP[field.name]} [${env_variable(field.name)}{shown}]")
 
 
@@ -102,6 +111,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         source, raw = (f"--{field.name.replace('_', '-')}", flag) if flag is not None else \
             (env_variable(field.name), os.environ.get(env_variable(field.name)) or None)
         if raw is None:
+            continue
+        if isinstance(raw, list):    # a repeated flag
+            values[field.name] = tuple(raw)
             continue
         try:
             values[field.name] = convert(raw)

@@ -88,6 +88,7 @@ class Gate:
 
     def __init__(self):
         self.calls: list[int] = []
+        self.shapes: list[tuple[int, int]] = []     # each call's (rows, positions)
         self.open = threading.Event()
         self.open.set()
         self.entered = threading.Event()
@@ -112,6 +113,7 @@ class Gate:
             def gated(input_ids, *args, **kwargs):
                 with self._lock:
                     self.calls.append(input_ids.shape[0])
+                    self.shapes.append(tuple(input_ids.shape))
                     if self.close_at_call is not None and len(self.calls) >= self.close_at_call:
                         self.close_at_call = None
                         self.open.clear()

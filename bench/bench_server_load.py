@@ -15,7 +15,8 @@ to first token, and errors (any non-200 answer, error event or missing `[DONE]`)
 real source file, a few characters more on each request, with `stop: ["\n\n"]`. --before DIR first
 runs the server of another checkout (e.g. an older commit in a git worktree) on the same model,
 for a before/after pair in one run. Each server's line then adds p99s, errors by kind and the
-server's RSS after the warm-up request and after the load.
+server's RSS after the warm-up (with --copilot, one uncounted request per client, which fills
+the prompt cache) and after the load.
 """
 import argparse
 import datetime
@@ -216,14 +217,22 @@ def run_load(base: str, clients: int, duration: float, requests: int | None, max
             "first_event_p99_s": percentile(firsts, 99)}
 
 
-def measure(model: Path, args, checkout: Path, copilot: CopilotPrompts | None) -> dict:
-    """The load run against the server of `checkout`, with its RSS before and after."""
+def measure(model: Path, args, checkout: Path) -> dict:
+    """The load run against the server of `checkout`, with its RSS before and after.
+
+    With --copilot, a warm-up round (one request per client, not counted) comes first: it fills
+    the prompt cache with each client's prefix, as a team's editors do within seconds, so the RSS
+    at the start already includes the cache's memory and growth after it is a leak.
+    """
+    copilot = CopilotPrompts(args.clients) if args.copilot else None     # each server sees the same prompts
     server = ServerProcess(model, "--max-batch-size", str(args.max_batch_size), "--max-queue", str(args.max_queue),
                            checkout=checkout)
     with server as base:
         # one request first so that one-time costs do not land on the measured clients
         with httpx.Client(timeout=300) as http:
             one_request(http, base, {"prompt": "x", "max_tokens": 2, "stream": True})
+        if copilot is not None:
+            run_load(base, args.clients, args.duration, args.clients, args.max_tokens, copilot)
         rss_start = server.rss_mb()
         result = run_load(base, args.clients, args.duration, args.requests, args.max_tokens, copilot)
         return {"server": str(checkout), **result, "rss_start_mb": rss_start, "rss_end_mb": server.rss_mb()}
@@ -247,15 +256,15 @@ def main():
     info = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()} {os.cpu_count()} cpus",
             "python": platform.python_version(), "max_tokens": args.max_tokens,
             "load_average": os.getloadavg()[0]}
-    copilot = CopilotPrompts(args.clients) if args.copilot else None
     if args.url:
+        copilot = CopilotPrompts(args.clients) if args.copilot else None
         results = [run_load(args.url, args.clients, args.duration, args.requests, args.max_tokens, copilot)]
     else:
         with tempfile.TemporaryDirectory() as tmp:
             model = Path(args.model) if args.model else make_random_codegen(Path(tmp) / "random-codegen")
             info.update(model=model.name, max_batch_size=args.max_batch_size, max_queue=args.max_queue)
             checkouts = ([args.before] if args.before else []) + [REPO]
-            results = [measure(model, args, checkout, copilot) for checkout in checkouts]
+            results = [measure(model, args, checkout) for checkout in checkouts]
     for result in results:
         print(json.dumps({**info, **result}), flush=True)
     sys.exit(1 if any(result["errors"] for result in results) else 0)

@@ -46,7 +46,7 @@ class Predictor:
 
     def __init__(self, model: str | os.PathLike | None = None, *, device: str | None = None,
                  quantize: str | None = None, use_fast: bool | None = None, use_fp16_decoding: bool = False,
-                 prompt_cache_entries: int = 0):
+                 prompt_cache_entries: int = 0, prompt_cache_mb: int | None = None):
         from .checkpoints import resolve_model_dir
         from .models.fast import load_for_inference
         from .tokenizer import load_tokenizer
@@ -59,7 +59,8 @@ class Predictor:
         self.model_config = self.model.config
         self.context_length = self.model_config.max_position_embeddings
         self.name = str(model or DEFAULT_MODEL)
-        self.prompt_cache = PromptCache(prompt_cache_entries) if prompt_cache_entries else None
+        self.prompt_cache = PromptCache(prompt_cache_entries, prompt_cache_mb and prompt_cache_mb * 2 ** 20) \
+            if prompt_cache_entries else None
 
     # -- prompts ------------------------------------------------------------------
 

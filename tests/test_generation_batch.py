@@ -97,3 +97,27 @@ def test_ended_rows_finish_with_length_and_cancelled_rows_say_nothing_more(model
     assert rows[ended.index]["finishes"] == ["length"] and 0 < len(rows[ended.index]["token_ids"]) < 50
     assert rows[waiting.index]["finishes"] == ["length"] and rows[waiting.index]["token_ids"] == []
     assert all(e.index != cancelled.index for e in after)
+
+
+def test_rows_keep_their_tokens_when_the_cache_grows_for_more_rows(model):
+    # the second request needs a second slot; the timeline stays where it is (its prompt is shorter)
+    config = GenerationConfig(max_new_tokens=10, logprobs=1)
+    batch = Batch(model, ByteTokenizer())
+    (first,) = batch.add(LONG[:40], config)
+    events = batch.step() + batch.step()
+    (second,) = batch.add(SHORT, config)
+    rows = run_until_empty(batch, events)
+    for row, prompt in ((first, LONG[:40]), (second, SHORT)):
+        assert rows[row.index]["token_ids"] == solo(model, prompt, config).token_ids
+
+
+def test_a_batch_reuses_its_cache_for_the_next_rows(model):
+    batch, config = Batch(model, ByteTokenizer()), GenerationConfig(max_new_tokens=4)
+    caches = []
+    for prompt in (LONG[:40], SHORT, LONG[:30]):
+        (row,) = batch.add(prompt, config)
+        events = batch.step() + batch.step()
+        caches.append(batch._cache)
+        run_until_empty(batch, events)
+        assert row.tokens == solo(model, prompt, config).token_ids
+    assert caches[0] is caches[1] is caches[2]

@@ -6,8 +6,11 @@ rows' decode steps, and rows that finish or are cancelled leave at once. The
 rows share one KV cache whose positions are a common timeline: each row's
 tokens fill a contiguous stretch ending at the present, and its attention mask
 hides everything before that stretch, so rows of any length decode together
-and each sees exactly what it would alone. `stream` and `generate` run a batch
-of requests added up front until it is empty.
+and each sees exactly what it would alone. Each row keeps one slot (a row of
+the cache) from joining to leaving: joining copies only its own prompt in,
+leaving copies nothing, and the cache is laid out anew only when the timeline
+runs out of room. `stream` and `generate` run a batch of requests added up
+front until it is empty.
 """
 from __future__ import annotations
 
@@ -25,6 +28,14 @@ from .detokenize import IncrementalText
 from .outputs import Sequence, StreamEvent
 from .processors import apply_repetition_penalty, log_softmax, sample_token, top_alternatives
 from .prompt_cache import PromptCache
+
+# Spare positions given to the shared cache when it grows, so the timeline advances
+# this many steps before the cache is laid out anew (a copy of every row).
+TIMELINE_SLACK = 256
+# Prompt caches are allocated in multiples of this many positions: the allocator
+# can then reuse a freed prompt-cache entry's memory for the next prompt instead
+# of fragmenting into many sizes.
+CACHE_SIZE_STEP = 128
 
 
 @dataclass
@@ -52,8 +63,16 @@ class _Row:
         self.eos_logprob = 0.0
         self.finish_reason: str | None = None
         self._finish_reported = False
+        self.slot = -1          # its row in the batch's shared cache, once joined
         self.start = 0          # where the row's first token sits on the batch's shared timeline
+        self.joined = 0         # where its first generated token was fed
+        self.prefill: _Prefill | None = None   # its prompt's own cache, kept for the prompt cache
         self.seen: np.ndarray | None = None    # tokens so far, for the repetition penalty
+
+    @property
+    def steps_left(self) -> int:
+        """Decode steps (positions) it may still need: it feeds every token but its last."""
+        return self.config.max_new_tokens - len(self.tokens)
 
     def accept(self, token: int, logprobs: np.ndarray, eos: int | None, token_text) -> None:
         """Record the chosen token; `logprobs` is the row's raw log-softmax."""
@@ -100,6 +119,7 @@ class _Prefill:
         self.prompt = rows[0].prompt
         self.cache = None
         self.fed = 0            # prompt tokens the cache holds
+        self.source = None      # the prompt-cache entry it started from
         self.logits: np.ndarray | None = None
 
     @property
@@ -132,8 +152,9 @@ class Batch:
         self._next_index = 0
         self._prefills: list[_Prefill] = []     # waiting for or in prefill
         self._ready: list[_Prefill] = []        # prefilled, waiting for room in the shared cache
-        self._active: list[_Row] = []           # decoding, in the shared cache's row order
-        self._cache = None
+        self._slots: list[_Row | None] = []     # the shared cache's rows: who decodes in each
+        self._cache = None                      # kept when the batch empties, for the next rows
+        self._usable = usable_vocab(model, tokenizer)
         self._lock = threading.Lock()
         self._cancelled: set[int] = set()
         self._ended: set[int] = set()
@@ -169,14 +190,18 @@ class Batch:
         return rows
 
     @property
+    def _active(self) -> list[_Row]:
+        return [row for row in self._slots if row is not None]
+
+    @property
     def rows(self) -> int:
         """Rows not yet finished: decoding, prefilled or waiting for their prefill."""
-        return len(self._active) + sum(len(p.rows) for p in self._prefills + self._ready)
+        return self.decoding + sum(len(p.rows) for p in self._prefills + self._ready)
 
     @property
     def decoding(self) -> int:
         """Rows in the shared cache, decoded together at each step."""
-        return len(self._active)
+        return len(self._slots) - self._slots.count(None)
 
     def __bool__(self) -> bool:
         return self.rows > 0
@@ -185,39 +210,36 @@ class Batch:
         """Advance every row by one step; the events it produced."""
         events = self._drop_cancelled_and_ended()
         self._join_ready()
-        if self._active:
-            mask = self._mask(extra=1)
-            logits = step(self.model, self._cache, [row.tokens[-1] for row in self._active], mask)
+        active = self._active
+        if active:
+            # the step runs over the slots from the first used to the last; free ones between
+            # ride along, seeing only their own new position
+            low, high = active[0].slot, active[-1].slot + 1
+            length = self._cache.length
+            starts = np.full(high - low, length)
+            tokens = np.zeros(high - low, dtype=np.int64)
+            for row in active:
+                starts[row.slot - low], tokens[row.slot - low] = row.start, row.tokens[-1]
+            mask = (np.arange(length + 1)[None, :] >= starts[:, None]).astype(np.int64)
+            rows = self._cache.rows(low, high)
+            logits = step(self.model, rows, tokens.tolist(), mask)
+            if rows is not self._cache:
+                self._cache.advance(1)
             self.decode_steps += 1
-            self._choose(self._active, logits)
-            events += self._events(self._active)
-            self._leave([i for i, row in enumerate(self._active) if row.finish_reason is not None])
+            self._choose(active, logits[[row.slot - low for row in active]])
+            events += self._events(active)
+            self._leave([row for row in active if row.finish_reason is not None])
         events += self._prefill()
         return events
 
     # -- the timeline --------------------------------------------------------------------
 
-    @property
-    def _usable(self) -> int:
-        return usable_vocab(self.model, self.tokenizer)
-
-    @property
-    def _length(self) -> int:
-        return self._cache.length if self._cache is not None else 0
-
-    def _mask(self, extra: int = 0) -> np.ndarray:
-        """0/1 [rows, length + extra]: each row sees its own stretch of the timeline."""
-        positions = np.arange(self._length + extra)
-        return (positions[None, :] >= np.array([row.start for row in self._active])[:, None]).astype(np.int64)
-
-    def _fed(self, row: _Row) -> int:
-        """Positions the row holds: its prompt and every token but the last, not yet fed."""
-        return len(row.prompt) + len(row.tokens) - 1
-
     def _drop_cancelled_and_ended(self) -> list[StreamEvent]:
         with self._lock:
             cancelled, self._cancelled = self._cancelled, set()
             ended, self._ended = self._ended, set()
+        if not (cancelled or ended):
+            return []
         events = []
         for prefill in self._prefills + self._ready:
             for row in prefill.rows:
@@ -228,36 +250,34 @@ class Batch:
                             if row.index not in cancelled and row.finish_reason is None]
         self._prefills = [p for p in self._prefills if p.rows]
         self._ready = [p for p in self._ready if p.rows]
-        for row in self._active:
+        active = self._active
+        for row in active:
             if row.index in ended:
                 row.finish("length")
-        events += self._events([row for row in self._active if row.index in ended])
-        self._leave([i for i, row in enumerate(self._active)
-                     if row.index in cancelled or row.finish_reason is not None])
+        events += self._events([row for row in active if row.index in ended])
+        self._leave([row for row in active if row.index in cancelled or row.finish_reason is not None])
         return events
 
-    def _leave(self, gone: list[int]) -> None:
-        if not gone:
-            return
-        for i in gone:
-            row = self._active[i]
-            if self.prompt_cache is not None and row.config.num_return_sequences == 1:
-                self._remember(i, row)
-        keep = [i for i in range(len(self._active)) if i not in set(gone)]
-        self._active = [self._active[i] for i in keep]
-        if not keep:
-            self._cache = None     # an empty batch starts its timeline afresh
-            return
-        self._cache.reorder(paddle.to_tensor(np.asarray(keep, dtype=np.int64)))
+    def _leave(self, gone: list[_Row]) -> None:
+        for row in gone:
+            if row.prefill is not None:
+                self._remember(row)
+            self._slots[row.slot] = None
+        if not self.decoding and self._cache is not None:
+            self._cache.truncate(0)     # an empty batch starts its timeline afresh, in the same buffers
 
-    def _remember(self, i: int, row: _Row) -> None:
-        """Give the prompt cache this row's keys and values (prompt and generated tokens)."""
-        length = self._length - row.start
-        own = self.model.new_cache(1, max_length=length)
+    def _remember(self, row: _Row) -> None:
+        """Give the prompt cache this row's keys and values: its prompt's own cache, extended by
+        the tokens it generated (copied out of its slot)."""
+        own, generated = row.prefill.cache, self._cache.length - row.joined
+        generated = min(generated, own.max_length - own.length)
         for layer, (keys, values) in enumerate(zip(self._cache.keys, self._cache.values)):
-            own.update(layer, keys[i:i + 1, :, row.start:self._length], values[i:i + 1, :, row.start:self._length])
-        own.advance(length)
-        self.prompt_cache.put((row.prompt + row.tokens)[:length], own)
+            end = row.joined + generated
+            own.update(layer, keys[row.slot:row.slot + 1, :, row.joined:end],
+                       values[row.slot:row.slot + 1, :, row.joined:end])
+        own.advance(generated)
+        self.prompt_cache.put((row.prompt + row.tokens)[:own.length], own, replaces=row.prefill.source)
+        row.prefill = None
 
     def _join_ready(self) -> None:
         """Move prefilled requests into the shared cache, oldest first, while they fit the context."""
@@ -265,36 +285,73 @@ class Batch:
             self._ready.pop(0)
 
     def _join(self, prefill: _Prefill) -> bool:
-        """Re-lay the shared cache with `prefill`'s rows added; False if the timeline would outgrow the context.
+        """Copy `prefill`'s prompt into free slots, ending at the present; False if the timeline would
+        outgrow the context.
 
-        The timeline starts at the oldest row's start; it must be at least as long
-        as the new prompt, so older rows shift right when the prompt is longer.
+        The timeline must be at least as long as the prompt, and have room for every
+        row to generate all it may: when it has not, the cache is laid out anew
+        starting at the oldest row's start (older rows shift right when the prompt is longer).
         """
-        length = len(prefill.prompt)
-        drop = min((row.start for row in self._active), default=self._length)
-        kept = self._length - drop
-        now = max(kept, length)
-        shift = now - kept
-        starts = [row.start - drop + shift for row in self._active] + [now - length] * len(prefill.rows)
-        rows = self._active + prefill.rows
-        # the last position each row may still need, when it has generated all it may
-        needed = max(start + len(row.prompt) + row.config.max_new_tokens - 1 for start, row in zip(starts, rows))
-        if needed > self.model.config.max_position_embeddings and self._active:
-            return False
-        cache = self.model.new_cache(len(rows), max_length=needed)
-        old = len(self._active)
-        for name in ("keys", "values"):
-            for layer, target in enumerate(getattr(cache, name)):
-                if old:
-                    target[:old, :, shift:shift + kept] = getattr(self._cache, name)[layer][:, :, drop:self._length]
-                # the request's n rows start from the same prompt
-                target[old:, :, now - length:now] = getattr(prefill.cache, name)[layer][:, :, :length]
-        cache.advance(now)
-        for start, row in zip(starts, rows):
-            row.start = start
-        self._cache, self._active = cache, rows
-        prefill.cache = None
+        active = self._active
+        length, new = len(prefill.prompt), len(prefill.rows)
+        now = self._cache.length if self._cache is not None else 0
+
+        def room_needed(present: int) -> int:
+            return present + max([row.steps_left for row in active + prefill.rows])
+
+        free = [slot for slot, row in enumerate(self._slots) if row is None]
+        fits = (self._cache is not None and len(free) >= new
+                and room_needed(max(now, length)) <= self._cache.max_length)
+        if fits and not active:
+            now = length            # nothing to keep: the timeline starts where the prompt ends
+            self._cache.truncate(0)
+            self._cache.advance(now)
+        elif not fits or now < length:
+            kept = now - min((row.start for row in active), default=now)
+            now = max(kept, length)
+            if room_needed(now) > self.model.config.max_position_embeddings and active:
+                return False
+            self._lay_out(now - kept, kept, room_needed(now), max(len(self._slots), self.decoding + new, self.rows))
+            free = [slot for slot, row in enumerate(self._slots) if row is None]
+        for slot, row in zip(free, prefill.rows):
+            for layer, (keys, values) in enumerate(zip(self._cache.keys, self._cache.values)):
+                keys[slot:slot + 1, :, now - length:now] = prefill.cache.keys[layer][:, :, :length]
+                values[slot:slot + 1, :, now - length:now] = prefill.cache.values[layer][:, :, :length]
+            row.slot, row.start, row.joined = slot, now - length, now
+            self._slots[slot] = row
+        if self.prompt_cache is not None and prefill.rows[0].config.num_return_sequences == 1:
+            prefill.rows[0].prefill = prefill
+        else:
+            prefill.cache = None
         return True
+
+    def _lay_out(self, shift: int, kept: int, needed: int, slots: int) -> None:
+        """Move the last `kept` positions of the timeline to start at `shift`, in a cache of at least
+        `slots` rows with room for `needed` positions.
+
+        The cache is replaced only to grow, with slack: a server's then settles at one size
+        and is reused for good, instead of leaving the allocator a trail of freed sizes.
+        """
+        old = self._cache
+        cache = old
+        if old is None or slots > old.batch_size or needed > old.max_length:
+            room = max(min(self.model.config.max_position_embeddings, needed + TIMELINE_SLACK),
+                       old.max_length if old is not None else 0)
+            cache = self.model.new_cache(max(slots, old.batch_size if old is not None else 0), max_length=room)
+        moved = shift + kept - (old.length if old is not None else 0)
+        if kept and (moved or cache is not old):
+            rows = len(self._slots)
+            for name in ("keys", "values"):
+                for target, source in zip(getattr(cache, name), getattr(old, name)):
+                    # a copy first: in place, the source and target stretches overlap
+                    target[:rows, :, shift:shift + kept] = source[:rows, :, old.length - kept:old.length].clone()
+        for row in self._active:
+            row.start += moved
+            row.joined += moved
+        cache.truncate(0)
+        cache.advance(shift + kept)
+        self._cache = cache
+        self._slots += [None] * (cache.batch_size - len(self._slots))
 
     # -- prefill -------------------------------------------------------------------------
 
@@ -324,10 +381,15 @@ class Batch:
 
     def _start(self, prefill: _Prefill) -> None:
         """A cache for the prompt, holding its longest cached prefix when there is a prompt cache."""
+        length = len(prefill.prompt)
         if self.prompt_cache is not None:
-            prefill.cache, prefill.fed = self.prompt_cache.start(self.model, prefill.prompt, len(prefill.prompt))
+            # room for the generated tokens too: a single row's cache goes into the prompt cache
+            config = prefill.rows[0].config
+            room = length + (config.max_new_tokens if config.num_return_sequences == 1 else 0)
+            room = min(-(-room // CACHE_SIZE_STEP) * CACHE_SIZE_STEP, self.model.config.max_position_embeddings)
+            prefill.cache, prefill.fed, prefill.source = self.prompt_cache.start(self.model, prefill.prompt, room)
         else:
-            prefill.cache = self.model.new_cache(1, max_length=len(prefill.prompt))
+            prefill.cache = self.model.new_cache(1, max_length=length)
         for row in prefill.rows:
             if row.config.repetition_penalty != 1.0:
                 row.seen = np.zeros(self.model.config.vocab_size, dtype=bool)

@@ -30,7 +30,7 @@ MAX_TOKENS_HEADER = "X-Codegen-Max-Tokens"
 def load_predictor(settings: Settings):
     from ..predictor import Predictor
     return Predictor(settings.model, device=settings.device, quantize=settings.quantize,
-                     prompt_cache_entries=settings.prompt_cache_entries)
+                     prompt_cache_entries=settings.prompt_cache_entries, prompt_cache_mb=settings.prompt_cache_mb)
 
 
 def model_id(predictor) -> str:

@@ -24,7 +24,8 @@ class Settings:
     quantize: str | None = None
     max_batch_size: int = 8
     max_queue: int = 64
-    prompt_cache_entries: int = 4
+    prompt_cache_entries: int = 64
+    prompt_cache_mb: int = 1024
     request_timeout: float | None = None
     # defaults for fields a request leaves out (OpenAI's own defaults)
     max_tokens: int = 16
@@ -47,6 +48,8 @@ class Settings:
             raise ValueError(f"quantize must be 'int8' or none, got {self.quantize!r}")
         if self.prompt_cache_entries < 0:
             raise ValueError(f"prompt_cache_entries must be >= 0, got {self.prompt_cache_entries}")
+        if self.prompt_cache_mb < 1:
+            raise ValueError(f"prompt_cache_mb must be at least 1, got {self.prompt_cache_mb}")
         if self.max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
         if not 0 <= self.temperature <= 2:
@@ -70,7 +73,9 @@ _HELP = {
     "quantize": "'int8' for int8 weights",
     "max_batch_size": "most sequences decoded together; also the limit on prompts x n in one request",
     "max_queue": "requests allowed to wait for the model before new ones get 429",
-    "prompt_cache_entries": "prompts whose KV cache is kept for reuse by the next similar prompt (0 disables)",
+    "prompt_cache_entries": "prompts whose KV cache is kept for reuse by the next similar prompt; one per "
+                            "editor using the server (0 disables)",
+    "prompt_cache_mb": "most memory the prompt cache holds, in MiB (the least recently used entries go first)",
     "request_timeout": "seconds after which a request ends with what it has (finish_reason 'length')",
     "max_tokens": "max_tokens of requests that leave it out",
     "temperature": "temperature of requests that leave it out (0 means greedy)",

@@ -221,9 +221,9 @@ class Batch:
             for row in active:
                 starts[row.slot - low], tokens[row.slot - low] = row.start, row.tokens[-1]
             mask = (np.arange(length + 1)[None, :] >= starts[:, None]).astype(np.int64)
-            rows = self._cache.rows(low, high)
-            logits = step(self.model, rows, tokens.tolist(), mask)
-            if rows is not self._cache:
+            view = self._cache.rows(low, high)
+            logits = step(self.model, view, tokens.tolist(), mask)
+            if view is not self._cache:
                 self._cache.advance(1)
             self.decode_steps += 1
             self._choose(active, logits[[row.slot - low for row in active]])

@@ -8,6 +8,15 @@ default, a small randomly initialised CodeGen (gibberish text, real token counts
 sends Copilot-like requests (its own prompt, streamed, temperature 0) one after another until the
 time or request budget runs out. Reports requests/s, generated tokens/s, p50/p95 latency and time
 to first token, and errors (any non-200 answer, error event or missing `[DONE]`) as one JSON line.
+
+    .venv/bin/python bench/bench_server_load.py --copilot --clients 64 --requests 2000 --before /tmp/srv-before
+
+--copilot makes the prompts Copilot-shaped: each client edits its own 1,000-1,500-token window of a
+real source file, a few characters more on each request, with `stop: ["\n\n"]`. --before DIR first
+runs the server of another checkout (e.g. an older commit in a git worktree) on the same model,
+for a before/after pair in one run. Each server's line then adds p99s, errors by kind and the
+server's RSS after the warm-up (with --copilot, one uncounted request per client, which fills
+the prompt cache) and after the load.
 """
 import argparse
 import datetime
@@ -53,15 +62,22 @@ def free_port() -> int:
 class ServerProcess:
     """codegen_server.py in a child process, ready (GET /health is 200) on entering."""
 
-    def __init__(self, model: Path, *flags: str, timeout: float = 300):
+    def __init__(self, model: Path, *flags: str, timeout: float = 300, checkout: Path = REPO):
         self.base = f"http://127.0.0.1:{free_port()}"
         port = self.base.rsplit(":", 1)[1]
-        self.command = [sys.executable, str(REPO / "codegen_server.py"), "--model", str(model), "--host",
+        self.command = [sys.executable, str(checkout / "codegen_server.py"), "--model", str(model), "--host",
                         "127.0.0.1", "--port", port, "--log-level", "warning", *flags]
+        self.checkout = checkout
         self.timeout = timeout
 
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.process.pid}/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        return round(kb / 1024, 1)
+
     def __enter__(self) -> str:
-        self.process = subprocess.Popen(self.command, cwd=REPO)
+        env = {**os.environ, "PYTHONPATH": str(self.checkout)}
+        self.process = subprocess.Popen(self.command, cwd=self.checkout, env=env)
         deadline = time.monotonic() + self.timeout
         while True:
             if self.process.poll() is not None:
@@ -86,6 +102,33 @@ def client_prompt(client: int) -> str:
             f"def main_{client}():\n    ")
 
 
+class CopilotPrompts:
+    """Per client, a window of 1,000-1,450 tokens of a real source file that grows by a few
+    characters on each request, as an editor's prefix does while its user types."""
+
+    def __init__(self, clients: int, seed: int = 0):
+        import argparse as source_module
+        import random
+        sys.path.insert(0, str(REPO))
+        from codegen.tokenizer import codegen_tokenizer
+
+        tokenizer = codegen_tokenizer()
+        self.text = Path(source_module.__file__).read_text()
+        ids = tokenizer.encode(self.text)
+        rng = random.Random(seed)
+        self.windows = []
+        for _ in range(clients):
+            length = rng.randint(1000, 1450)          # leaves room for the characters typed later
+            start = rng.randint(0, len(ids) - length - 1)
+            self.windows.append(tokenizer.decode(ids[start:start + length]))
+        self.typed = [0] * clients
+
+    def next(self, client: int) -> str:
+        """The client's prompt with 3 more characters typed (starting over after 150)."""
+        self.typed[client] = (self.typed[client] + 3) % 150
+        return self.windows[client] + self.text[client * 97:client * 97 + self.typed[client]]
+
+
 def one_request(http: httpx.Client, base: str, body: dict) -> dict:
     """Send one streamed completion; its latency, time to first token and whether it failed."""
     start = time.perf_counter()
@@ -95,7 +138,7 @@ def one_request(http: httpx.Client, base: str, body: dict) -> dict:
     with http.stream("POST", base + "/v1/engines/codegen/completions", json=body) as response:
         if response.status_code != 200:
             response.read()
-            return {"error": f"HTTP {response.status_code}: {response.text[:200]}"}
+            return {"error": f"HTTP {response.status_code}", "detail": response.text[:200]}
         for line in response.iter_lines():
             if not line:
                 continue
@@ -116,7 +159,8 @@ def one_request(http: httpx.Client, base: str, body: dict) -> dict:
     return {"latency": latency, "first": first, "tokens": tokens}
 
 
-def run_load(base: str, clients: int, duration: float, requests: int | None, max_tokens: int) -> dict:
+def run_load(base: str, clients: int, duration: float, requests: int | None, max_tokens: int,
+             copilot: CopilotPrompts | None = None) -> dict:
     deadline = time.monotonic() + duration
     results: list[dict] = []
     lock = threading.Lock()
@@ -134,8 +178,12 @@ def run_load(base: str, clients: int, duration: float, requests: int | None, max
                 "top_p": 1, "n": 1, "stop": ["\n\n\n"], "stream": True, "nwo": "bench/load",
                 "stream_options": {"include_usage": True},
                 "extra": {"language": "python"}}
-        with httpx.Client(timeout=120) as http:
+        if copilot is not None:
+            body["stop"] = ["\n\n"]
+        with httpx.Client(timeout=300) as http:
             while take_ticket():
+                if copilot is not None:
+                    body["prompt"] = copilot.next(index)
                 try:
                     result = one_request(http, base, body)
                 except httpx.HTTPError as e:
@@ -152,6 +200,7 @@ def run_load(base: str, clients: int, duration: float, requests: int | None, max
     elapsed = time.perf_counter() - started
     ok = [r for r in results if "error" not in r]
     errors = [r["error"] for r in results if "error" in r]
+    by_kind = {kind: errors.count(kind) for kind in sorted(set(errors))}
     latencies = sorted(r["latency"] for r in ok)
     firsts = sorted(r["first"] for r in ok if r["first"] is not None)
 
@@ -161,9 +210,32 @@ def run_load(base: str, clients: int, duration: float, requests: int | None, max
     return {"clients": clients, "requests": len(results), "seconds": round(elapsed, 2),
             "requests_per_s": round(len(ok) / elapsed, 2),
             "tokens_per_s": round(sum(r["tokens"] for r in ok) / elapsed, 1), "errors": len(errors),
-            "error_examples": sorted(set(errors))[:3],
+            "errors_by_kind": by_kind,
             "latency_p50_s": percentile(latencies, 50), "latency_p95_s": percentile(latencies, 95),
-            "first_event_p50_s": percentile(firsts, 50), "first_event_p95_s": percentile(firsts, 95)}
+            "latency_p99_s": percentile(latencies, 99),
+            "first_event_p50_s": percentile(firsts, 50), "first_event_p95_s": percentile(firsts, 95),
+            "first_event_p99_s": percentile(firsts, 99)}
+
+
+def measure(model: Path, args, checkout: Path) -> dict:
+    """The load run against the server of `checkout`, with its RSS before and after.
+
+    With --copilot, a warm-up round (one request per client, not counted) comes first: it fills
+    the prompt cache with each client's prefix, as a team's editors do within seconds, so the RSS
+    at the start already includes the cache's memory and growth after it is a leak.
+    """
+    copilot = CopilotPrompts(args.clients) if args.copilot else None     # each server sees the same prompts
+    server = ServerProcess(model, "--max-batch-size", str(args.max_batch_size), "--max-queue", str(args.max_queue),
+                           checkout=checkout)
+    with server as base:
+        # one request first so that one-time costs do not land on the measured clients
+        with httpx.Client(timeout=300) as http:
+            one_request(http, base, {"prompt": "x", "max_tokens": 2, "stream": True})
+        if copilot is not None:
+            run_load(base, args.clients, args.duration, args.clients, args.max_tokens, copilot)
+        rss_start = server.rss_mb()
+        result = run_load(base, args.clients, args.duration, args.requests, args.max_tokens, copilot)
+        return {"server": str(checkout), **result, "rss_start_mb": rss_start, "rss_end_mb": server.rss_mb()}
 
 
 def main():
@@ -176,25 +248,26 @@ def main():
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch-size", type=int, default=8, help="for the started server")
     parser.add_argument("--max-queue", type=int, default=64, help="for the started server")
+    parser.add_argument("--copilot", action="store_true", help="Copilot-shaped prompts of 1,000-1,500 tokens")
+    parser.add_argument("--before", type=Path, help="first run the server of this checkout on the same model")
     args = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)   # Paddle's import turns on INFO logging
 
     info = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-            "python": platform.python_version(), "max_tokens": args.max_tokens}
+            "python": platform.python_version(), "max_tokens": args.max_tokens,
+            "load_average": os.getloadavg()[0]}
     if args.url:
-        result = run_load(args.url, args.clients, args.duration, args.requests, args.max_tokens)
+        copilot = CopilotPrompts(args.clients) if args.copilot else None
+        results = [run_load(args.url, args.clients, args.duration, args.requests, args.max_tokens, copilot)]
     else:
         with tempfile.TemporaryDirectory() as tmp:
             model = Path(args.model) if args.model else make_random_codegen(Path(tmp) / "random-codegen")
             info.update(model=model.name, max_batch_size=args.max_batch_size, max_queue=args.max_queue)
-            with ServerProcess(model, "--max-batch-size", str(args.max_batch_size),
-                               "--max-queue", str(args.max_queue)) as base:
-                # one request first so that one-time costs do not land on the measured clients
-                with httpx.Client(timeout=120) as http:
-                    one_request(http, base, {"prompt": "x", "max_tokens": 2, "stream": True})
-                result = run_load(base, args.clients, args.duration, args.requests, args.max_tokens)
-    print(json.dumps({**info, **result}))
-    sys.exit(1 if result["errors"] else 0)
+            checkouts = ([args.before] if args.before else []) + [REPO]
+            results = [measure(model, args, checkout) for checkout in checkouts]
+    for result in results:
+        print(json.dumps({**info, **result}), flush=True)
+    sys.exit(1 if any(result["errors"] for result in results) else 0)
 
 
 if __name__ == "__main__":

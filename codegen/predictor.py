@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Iterator, Sequence as Seq
 
-from .generation import GenerationConfig, PromptCache, Request, StreamEvent, generate, stream
+from .generation import Batch, GenerationConfig, PromptCache, Request, StreamEvent, generate, score, stream
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +31,22 @@ def pick_device(device: str | None) -> str:
     return device
 
 
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """A prompt as the model will see it (see `Predictor.prepare`)."""
+    ids: list[int]
+    max_new_tokens: int    # the request's max_new_tokens, clamped to what the context leaves
+    dropped: int           # prompt tokens cut to fit the context
+    text: str              # the prompt as the model sees it, for `echo`
+
+
 class Predictor:
     """`Predictor(model)` loads `model` (a converted directory, a public name under $CODEGEN_HOME, or by
     default the model shipped in the package); `generate` and `stream` take prompts as text."""
 
     def __init__(self, model: str | os.PathLike | None = None, *, device: str | None = None,
                  quantize: str | None = None, use_fast: bool | None = None, use_fp16_decoding: bool = False,
-                 prompt_cache_entries: int = 0):
+                 prompt_cache_entries: int = 0, prompt_cache_mb: int | None = None):
         from .checkpoints import resolve_model_dir
         from .models.fast import load_for_inference
         from .tokenizer import load_tokenizer
@@ -50,7 +59,8 @@ class Predictor:
         self.model_config = self.model.config
         self.context_length = self.model_config.max_position_embeddings
         self.name = str(model or DEFAULT_MODEL)
-        self.prompt_cache = PromptCache(prompt_cache_entries) if prompt_cache_entries else None
+        self.prompt_cache = PromptCache(prompt_cache_entries, prompt_cache_mb and prompt_cache_mb * 2 ** 20) \
+            if prompt_cache_entries else None
 
     # -- prompts ------------------------------------------------------------------
 
@@ -68,25 +78,67 @@ class Predictor:
         ids = prompt_ids[-keep:] if truncated else prompt_ids
         return ids, min(max_new_tokens, ctx - len(ids)), truncated
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids below this have text; prompts given as ids must stay below it."""
+        return min(len(self.tokenizer), self.model_config.vocab_size)
+
+    def _token_ids(self, prompt: str | list[int]) -> list[int]:
+        """A prompt given as text or, as the OpenAI API allows, as token ids; possibly empty."""
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt) if prompt else []
+        if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            bad = [t for t in prompt if not 0 <= t < self.vocab_size]
+            if bad:
+                raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary 0..{self.vocab_size - 1}")
+            return list(prompt)
+        raise ValueError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
+
     def encode(self, prompt: str | list[int], max_new_tokens: int) -> tuple[list[int], int, bool]:
         """Token ids for a prompt given as text or, as the OpenAI API allows, as token ids."""
-        if isinstance(prompt, str):
-            if not prompt:
-                raise ValueError("prompt is empty: give the start of the code to complete")
-            prompt_ids = self.tokenizer.encode(prompt)
-        elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            vocab = self.model_config.vocab_size
-            bad = [t for t in prompt if not 0 <= t < vocab]
-            if bad:
-                raise ValueError(f"prompt token id {bad[0]} is outside the model's vocabulary 0..{vocab - 1}")
-            prompt_ids = list(prompt)
-        else:
-            raise ValueError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
+        prompt_ids = self._token_ids(prompt)
+        if not prompt_ids:
+            raise ValueError("prompt is empty: give the start of the code to complete")
         ids, max_new, truncated = self.fit(prompt_ids, max_new_tokens)
         if truncated:
             logger.warning("prompt of %d tokens left-truncated to %d to fit the model's context of %d",
                            len(prompt_ids), len(ids), self.context_length)
         return ids, max_new, truncated
+
+    def prepare(self, prompt: str | list[int], max_new_tokens: int, suffix: str | None = None) -> PreparedPrompt:
+        """An editor's prompt fitted to the context; with a suffix and an infilling model, a PSM prompt.
+
+        As OpenAI does, an empty prompt generates from the start of a document.
+        `suffix` is ignored when the tokenizer has no fill-in-the-middle tokens.
+        """
+        ids = self._token_ids(prompt)
+        fim = self.tokenizer.fim_sentinels
+        if suffix is not None and fim is not None:
+            return self._prepare_infill(ids, self.tokenizer.encode(suffix), fim, max_new_tokens)
+        if not ids:
+            ids = [self.tokenizer.eos_token_id]
+        kept, max_new, truncated = self.fit(ids, max_new_tokens)
+        text = prompt if isinstance(prompt, str) and not truncated else self.tokenizer.decode(kept)
+        return PreparedPrompt(kept, max_new, len(ids) - len(kept), text)
+
+    def _prepare_infill(self, prefix: list[int], suffix: list[int], fim, max_new_tokens: int) -> PreparedPrompt:
+        sentinels = (fim.prefix, fim.suffix, fim.middle)
+        prefix_id, suffix_id, middle_id = sentinels
+        whole = [prefix_id, *prefix, suffix_id, *suffix, middle_id]
+        kept, max_new, truncated = self.fit(whole, max_new_tokens)
+        if truncated:
+            # the code next to the cursor matters most: cut the prefix's start and the
+            # suffix's end, giving the suffix up to a quarter of the room
+            room = len(kept) - len(sentinels)
+            suffix_keep = min(len(suffix), max(room // 4, room - len(prefix)))
+            prefix = prefix[len(prefix) - (room - suffix_keep):]
+            suffix = suffix[:suffix_keep]
+            kept = [prefix_id, *prefix, suffix_id, *suffix, middle_id]
+        return PreparedPrompt(kept, max_new, len(whole) - len(kept), self.tokenizer.decode(kept))
+
+    def score(self, prompt_ids: list[int], top: int):
+        """(logprobs, top_logprobs) of each prompt token given those before it; None for the first."""
+        return score(self.model, self.tokenizer, prompt_ids, top)
 
     # -- generation ---------------------------------------------------------------
 
@@ -115,3 +167,8 @@ class Predictor:
             ids, max_new, _ = self.encode(prompt, config.max_new_tokens)
             batch.append(Request(ids, replace(config, max_new_tokens=max_new)))
         return stream(self.model, self.tokenizer, batch, prompt_cache=self.prompt_cache, **kwargs)
+
+    def batch(self, prefill_chunk: int | None = None) -> Batch:
+        """An empty joinable batch over this model and prompt cache: `add(ids, config)` prepared prompts
+        (see `prepare`) at any time and `step()` it; `prefill_chunk` bounds the prompt positions per step."""
+        return Batch(self.model, self.tokenizer, self.prompt_cache, prefill_chunk)

@@ -264,7 +264,8 @@ def test_cancelled_rows_leave_the_batch_at_once(model):
         if len(seen) == 2:                       # both rows' first tokens are out
             run.cancel(0)
     assert seen[:2] == [0, 1] and set(seen[2:]) == {1}
-    assert spy.shapes[0] == (2, 9) and spy.shapes[1:] == [(1, 1)] * 7
+    # each prompt is prefilled on its own; row 1 then decodes alone
+    assert spy.shapes[:2] == [(1, 9), (1, 4)] and spy.shapes[2:] == [(1, 1)] * 7
 
 
 def test_finished_rows_leave_the_batch(model):
@@ -272,7 +273,7 @@ def test_finished_rows_leave_the_batch(model):
     rows = collect(stream(spy, ByteTokenizer(), [Request(PROMPTS[0], GenerationConfig(max_new_tokens=2)),
                                                   Request(PROMPTS[1], GenerationConfig(max_new_tokens=5))]))
     assert [r["finishes"] for r in rows.values()] == [["length"], ["length"]]
-    assert [s[0] for s in spy.shapes] == [2, 2, 1, 1, 1]
+    assert [s[0] for s in spy.shapes] == [1, 1, 2, 1, 1, 1]
 
 
 @pytest.mark.parametrize("requests, message", [

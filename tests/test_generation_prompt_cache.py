@@ -69,7 +69,11 @@ def test_entries_are_bounded_and_least_recently_used_go_first(model):
 def test_batches_and_cancelled_rows_leave_the_cache_consistent(model):
     spy, cache = Recording(model), PromptCache()
     collect(stream(spy, ByteTokenizer(), [Request(PROMPT, CONFIG), Request(PROMPT[:10], CONFIG)], prompt_cache=cache))
-    assert len(cache) == 0                          # only single-row streams use it
+    assert len(cache) == 2                          # each single-row request leaves its cache
+    collect(stream(spy, ByteTokenizer(), [Request([1, 2, 3], GenerationConfig(max_new_tokens=2,
+                                                                              num_return_sequences=2))],
+                   prompt_cache=cache))
+    assert len(cache) == 2                          # rows of a request with n > 1 do not
 
     run = stream(spy, ByteTokenizer(), [Request(PROMPT, CONFIG)], prompt_cache=cache)
     next(run)
@@ -82,3 +86,30 @@ def test_batches_and_cancelled_rows_leave_the_cache_consistent(model):
 def test_max_entries_must_be_positive():
     with pytest.raises(ValueError, match="max_entries"):
         PromptCache(0)
+
+
+def test_bytes_are_bounded_too(model):
+    spy = Recording(model)
+    one_entry = PromptCache()
+    cached_run(spy, one_entry, [1, 2, 3, 4], GenerationConfig(max_new_tokens=2))
+    cache = PromptCache(max_entries=10, max_bytes=2 * one_entry.bytes)
+    for prompt in ([1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]):
+        cached_run(spy, cache, prompt, GenerationConfig(max_new_tokens=2))
+    assert len(cache) == 2 and cache.bytes == 2 * one_entry.bytes
+    cached_run(spy, cache, [1, 2, 3, 4], GenerationConfig(max_new_tokens=2))
+    assert spy.shapes[0] == (1, 4)                  # the oldest entry was evicted
+
+
+def test_a_request_replaces_the_entry_it_continued_but_not_one_it_shares_a_header_with(model):
+    spy, cache = Recording(model), PromptCache()
+    config = GenerationConfig(max_new_tokens=3)
+    cached_run(spy, cache, PROMPT, config)
+    cached_run(spy, cache, PROMPT + [5, 6], config)       # the editor typed on: one entry, the newer
+    assert len(cache) == 1
+    cached_run(spy, cache, PROMPT[:5] + [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], config)
+    assert len(cache) == 2                                # a shared header leaves the other editor's entry
+
+
+def test_max_bytes_must_be_positive():
+    with pytest.raises(ValueError, match="max_bytes"):
+        PromptCache(4, max_bytes=0)

@@ -23,7 +23,6 @@ import pytest
 from conftest import make_tiny_codegen
 
 from codegen.server.app import DROPPED_HEADER, MAX_TOKENS_HEADER, create_app, load_predictor
-from codegen.server.prompts import prepare_prompt
 from codegen.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FIM_TOKENS
 from codegen.server.settings import Settings, add_arguments, settings_from_args
 
@@ -89,6 +88,7 @@ class Gate:
 
     def __init__(self):
         self.calls: list[int] = []
+        self.shapes: list[tuple[int, int]] = []     # each call's (rows, positions)
         self.open = threading.Event()
         self.open.set()
         self.entered = threading.Event()
@@ -113,6 +113,7 @@ class Gate:
             def gated(input_ids, *args, **kwargs):
                 with self._lock:
                     self.calls.append(input_ids.shape[0])
+                    self.shapes.append(tuple(input_ids.shape))
                     if self.close_at_call is not None and len(self.calls) >= self.close_at_call:
                         self.close_at_call = None
                         self.open.clear()
@@ -528,9 +529,11 @@ def fim_model_dir(model_dir, tmp_path_factory) -> Path:
 
 
 def fake_predictor(tokenizer, context):
+    """A Predictor's prompt preparation without a model."""
     from codegen.predictor import Predictor
-    fake = SimpleNamespace(tokenizer=tokenizer, context_length=context)
-    fake.fit = lambda ids, max_new: Predictor.fit(fake, ids, max_new)
+    fake = SimpleNamespace(tokenizer=tokenizer, context_length=context, vocab_size=len(tokenizer))
+    for name in ("fit", "_token_ids", "_prepare_infill", "prepare"):
+        setattr(fake, name, getattr(Predictor, name).__get__(fake))
     return fake
 
 
@@ -538,11 +541,11 @@ def test_suffix_builds_a_psm_prompt_when_the_tokenizer_has_fim_tokens(fim_model_
     from codegen.tokenizer import load_tokenizer
     tok = load_tokenizer(fim_model_dir)
     pre, suf, mid = (tok.special_token_ids[t] for t in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE))
-    prepared = prepare_prompt(fake_predictor(tok, 2048), "def f(x):\n    ", "\n    return y\n", 16)
+    prepared = fake_predictor(tok, 2048).prepare("def f(x):\n    ", 16, "\n    return y\n")
     assert prepared.ids == [pre, *tok.encode("def f(x):\n    "), suf, *tok.encode("\n    return y\n"), mid]
     # too long: the prefix loses its start, the suffix its end, the sentinels stay
     prefix, suffix = "a = b + c\n" * 40, "d = e * f\n" * 40
-    prepared = prepare_prompt(fake_predictor(tok, 64), prefix, suffix, 16)
+    prepared = fake_predictor(tok, 64).prepare(prefix, 16, suffix)
     assert len(prepared.ids) == 64 - 16 and prepared.max_new_tokens == 16
     s, m = prepared.ids.index(suf), prepared.ids.index(mid)
     assert prepared.ids[0] == pre and m == len(prepared.ids) - 1
@@ -552,7 +555,7 @@ def test_suffix_builds_a_psm_prompt_when_the_tokenizer_has_fim_tokens(fim_model_
 
 
 def test_suffix_is_ignored_without_fim_tokens(tokenizer):
-    prepared = prepare_prompt(fake_predictor(tokenizer, 2048), "def f(x):\n", "    return x\n", 16)
+    prepared = fake_predictor(tokenizer, 2048).prepare("def f(x):\n", 16, "    return x\n")
     assert prepared.ids == tokenizer.encode("def f(x):\n") and prepared.text == "def f(x):\n"
 
 

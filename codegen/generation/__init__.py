@@ -12,9 +12,10 @@ context with their max_new_tokens (the predictor truncates them).
 """
 from .beam import beam_search
 from .config import DECODE_STRATEGIES, GenerationConfig
-from .decode import Request, Stream, generate, stream
+from .decode import Batch, Request, Stream, generate, stream
 from .outputs import Sequence, StreamEvent
 from .prompt_cache import PromptCache
+from .scoring import score
 
-__all__ = ["DECODE_STRATEGIES", "GenerationConfig", "PromptCache", "Request", "Sequence", "Stream",
-           "StreamEvent", "beam_search", "generate", "stream"]
+__all__ = ["Batch", "DECODE_STRATEGIES", "GenerationConfig", "PromptCache", "Request", "Sequence", "Stream",
+           "StreamEvent", "beam_search", "generate", "score", "stream"]

@@ -23,7 +23,9 @@ def check_prompt(model, prompt_ids, max_new_tokens: int, where: str) -> list[int
     if not ids:
         raise ValueError(f"{where}: prompt_ids is empty; generation needs at least one prompt token")
     vocab = model.config.vocab_size
-    for i, t in enumerate(ids):
+    # plain ints in range, the common case, are checked at once: an editor's prompt has thousands
+    plain = all(type(t) is int for t in ids) and 0 <= min(ids) and max(ids) < vocab
+    for i, t in enumerate(() if plain else ids):
         if isinstance(t, bool) or not isinstance(t, Integral) or not 0 <= t < vocab:
             raise ValueError(f"{where}: prompt_ids[{i}] = {t!r} is not a token id in [0, {vocab})")
     context = model.config.max_position_embeddings

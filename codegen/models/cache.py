@@ -44,6 +44,18 @@ class KVCache:
     def advance(self, num_positions: int) -> None:
         self.length += num_positions
 
+    def rows(self, start: int, stop: int) -> "KVCache":
+        """A cache over rows [start, stop) that shares these buffers (its writes land here) and starts at
+        our length. A decode step over some of the rows runs on it; the caller then advances this cache."""
+        if (start, stop) == (0, self.batch_size):
+            return self
+        view = KVCache.__new__(KVCache)
+        view.keys, view.values = [k[start:stop] for k in self.keys], [v[start:stop] for v in self.values]
+        view.max_length, view.length = self.max_length, self.length
+        if view.keys[0].data_ptr() != self.keys[0][start:start + 1].data_ptr():
+            raise RuntimeError("slicing the KV cache copied it; Paddle's strided views are needed (FLAGS_use_stride_kernel)")
+        return view
+
     def reorder(self, batch_index: paddle.Tensor) -> None:
         """Gather batch rows, e.g. to follow the surviving beams in beam search."""
         self.keys = [paddle.index_select(k, batch_index, axis=0) for k in self.keys]

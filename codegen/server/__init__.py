@@ -2,8 +2,8 @@
 
 Routes: POST /v1/completions and /v1/engines/{any name}/completions (Copilot's form; both also without
 /v1, where the openai 0.x package posts with PaddleNLP's api_base), GET /v1/models,
-GET /health (503 while the model loads, 200 once ready), GET /copilot_internal/v2/token (a stub for
-Copilot's token exchange). Every flag has an environment variable (`--max-batch-size` is
+GET /health (503 while the model loads, 200 once ready), GET /metrics (Prometheus),
+GET /copilot_internal/v2/token (a stub for Copilot's token exchange). Every flag has an environment variable (`--max-batch-size` is
 CODEGEN_MAX_BATCH_SIZE); see `codegen serve --help`. A prompt that does not fit the model's context
 is left-truncated and max_tokens lowered; the response headers X-Codegen-Prompt-Tokens-Dropped and
 X-Codegen-Max-Tokens say by how much (one value per prompt). How presence/frequency penalties map to
@@ -16,12 +16,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 
 from .settings import Settings, add_arguments, settings_from_args
 
 __all__ = ["Settings", "add_arguments", "main", "run", "serve"]
 
 logger = logging.getLogger(__name__)
+
+
+def reload_keys_on_sighup(app) -> None:
+    """Re-read `--api-key-file` when the process gets SIGHUP (call from the main thread)."""
+    signal.signal(signal.SIGHUP, lambda *_: app.state.api_keys.reload())
 
 
 def serve(settings: Settings) -> int:
@@ -37,7 +43,7 @@ def serve(settings: Settings) -> int:
     # thread it would replace uvicorn's and turn a graceful stop into an abort
     import paddle  # noqa: F401
 
-    if settings.api_key is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
+    if not settings.api_key and settings.api_key_file is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("listening on %s without --api-key: anyone who can reach it can use the model",
                        settings.host)
     failed = []
@@ -47,6 +53,7 @@ def serve(settings: Settings) -> int:
         server.should_exit = True
 
     app = create_app(settings, on_load_failure=on_load_failure)
+    reload_keys_on_sighup(app)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
                                            log_level=settings.log_level, timeout_graceful_shutdown=5))
     server.run()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -10,12 +9,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .completions import CompletionRun
 from .engine import Engine, Job, NotReady, QueueFull
-from .prompts import prepare_prompt
+from .keys import APIKeys
+from .metrics import CONTENT_TYPE, Metrics, RequestLog
 from .protocol import APIError, CompletionParams, Defaults, Limits, bad_request, parse_completion, parse_json
 from .settings import Settings
 
@@ -31,7 +31,7 @@ def load_predictor(settings: Settings):
     from ..predictor import Predictor
     return Predictor(settings.model, device=settings.device, quantize=settings.quantize,
                      use_fast=settings.use_faster, use_fp16_decoding=settings.use_fp16_decoding,
-                     prompt_cache_entries=settings.prompt_cache_entries)
+                     prompt_cache_entries=settings.prompt_cache_entries, prompt_cache_mb=settings.prompt_cache_mb)
 
 
 def model_id(predictor) -> str:
@@ -72,7 +72,9 @@ def create_app(settings: Settings, load=None, on_load_failure=None) -> FastAPI:
 
     `on_load_failure()` is called on the event loop if loading fails (the CLI uses it to exit).
     """
-    engine = Engine(load or (lambda: load_predictor(settings)), settings.max_batch_size, settings.max_queue)
+    metrics = Metrics(prompt_cache=lambda: engine.predictor.prompt_cache if engine.ready else None)
+    engine = Engine(load or (lambda: load_predictor(settings)), settings.max_batch_size, settings.max_queue, metrics)
+    api_keys = APIKeys(settings.api_key or (), settings.api_key_file)
     defaults = Defaults(settings.max_tokens, settings.temperature, settings.top_p, settings.top_k,
                         settings.decode_strategy, settings.repetition_penalty, settings.min_length)
 
@@ -93,6 +95,8 @@ def create_app(settings: Settings, load=None, on_load_failure=None) -> FastAPI:
 
     app = FastAPI(title="codegen", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
+    app.state.api_keys = api_keys
+    app.add_middleware(RequestLog, metrics=metrics)
 
     # -- errors: always OpenAI's error object, never a framework's own shape ---------
 
@@ -114,14 +118,15 @@ def create_app(settings: Settings, load=None, on_load_failure=None) -> FastAPI:
     # -- helpers -------------------------------------------------------------------
 
     def authorize(request: Request, schemes=("bearer",)) -> str | None:
-        if settings.api_key is None:
+        if not api_keys.required:
             return None
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() not in schemes or not hmac.compare_digest(key.strip().encode(), settings.api_key.encode()):
+        request.state.key = api_keys.match(key.strip()) if scheme.lower() in schemes else None
+        if request.state.key is None:
             raise APIError(401, "invalid or missing API key: send 'Authorization: Bearer KEY' with the "
                                 "server's --api-key", code="invalid_api_key",
                            headers={"WWW-Authenticate": "Bearer"})
-        return key
+        return key.strip()
 
     def require_ready():
         if engine.ready:
@@ -140,6 +145,10 @@ def create_app(settings: Settings, load=None, on_load_failure=None) -> FastAPI:
         if engine.load_error is not None:
             return JSONResponse({"status": "failed", "error": str(engine.load_error)}, status_code=503)
         return JSONResponse({"status": "loading"}, status_code=503)
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def models(request: Request):
@@ -175,19 +184,19 @@ def create_app(settings: Settings, load=None, on_load_failure=None) -> FastAPI:
     async def complete(request: Request):
         authorize(request)
         predictor = require_ready()
-        limits = Limits(predictor.context_length, len(predictor.tokenizer), settings.max_batch_size)
+        limits = Limits(predictor.context_length, predictor.vocab_size, settings.max_batch_size)
         params = parse_completion(parse_json(await request.body()), limits, defaults)
         if params.echo and params.suffix is not None and predictor.tokenizer.fim_sentinels is not None:
             raise bad_request("echo", "echo cannot be combined with suffix: an infilling prompt is not the text sent")
         try:
             prompts = await asyncio.to_thread(
-                lambda: [prepare_prompt(predictor, p, params.suffix, params.max_tokens) for p in params.prompts])
+                lambda: [predictor.prepare(p, params.max_tokens, params.suffix) for p in params.prompts])
         except ValueError as e:
             raise bad_request("prompt", str(e)) from None
         configs = [generation_config(params, p.max_new_tokens) if p.max_new_tokens else None for p in prompts]
         job = Job([p.ids for p in prompts], configs, params.n,
                   score_prompts=params.logprobs if params.echo and params.logprobs is not None else None,
-                  loop=asyncio.get_running_loop())
+                  loop=asyncio.get_running_loop(), timeout=settings.request_timeout)
         try:
             engine.submit(job)
         except QueueFull:

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 from .engine import PromptScores
 from .logprobs import LogprobsBuilder, merge
-from .prompts import PreparedPrompt
 from .protocol import CompletionParams
+
+if TYPE_CHECKING:
+    from ..predictor import PreparedPrompt
 
 
 class CompletionRun:

@@ -1,11 +1,14 @@
 """The model's worker thread and the jobs it decodes.
 
 One thread loads the model and is the only one to touch it, so the event loop
-never blocks on Paddle. Jobs wait in a bounded queue; each time the worker is
-free it takes every waiting job up to `max_batch_size` sequences and decodes
-them as one batch, so requests that arrive together share forward passes.
-Results travel back to each request's event loop as they are produced, and a
-cancelled job's rows leave the batch before the next decode step.
+never blocks on Paddle. Jobs wait in a bounded queue. The worker keeps one
+continuous batch (the predictor's `batch()`): before each decode step it
+admits waiting jobs while their rows fit in `max_batch_size`, so a request
+joins at the next step instead of waiting for the batch in progress to end;
+its prompt is prefilled a chunk per step beside the other rows' decoding.
+Results travel back to each request's event loop as they are produced. A
+cancelled job's rows leave the batch at the next step; a job past its
+deadline ends there with what it has.
 """
 from __future__ import annotations
 
@@ -17,7 +20,11 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Callable
 
+from .metrics import Metrics
+
 logger = logging.getLogger(__name__)
+
+PREFILL_CHUNK = 256     # prompt positions prefilled per decode step
 
 
 class QueueFull(Exception):
@@ -46,13 +53,18 @@ class Job:
     """One request: its prompts (each decoded `n` times) and where its results go.
 
     `configs[p]` is None for a prompt with nothing to generate (max_tokens 0).
+    `timeout` (seconds from submission) ends the job's rows with what they have.
     """
     prompt_ids: list[list[int]]
     configs: list
     n: int
     score_prompts: int | None       # alternatives per prompt token to report, or None for no scoring
     loop: asyncio.AbstractEventLoop
+    timeout: float | None = None
     results: asyncio.Queue = field(default_factory=asyncio.Queue)
+    submitted: float = 0.0
+    first_token_at: float | None = None
+    generated: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _cancelled: bool = False
     _on_cancel: Callable[[], None] | None = None
@@ -101,22 +113,36 @@ class Job:
             yield item
 
 
+@dataclass(eq=False)
+class _Running:
+    """A job in the batch: which batch rows are its choices, and which are still open."""
+    job: Job
+    choices: dict[int, int]     # batch row index -> choice index within the job
+    ended: bool = False         # its deadline passed and its rows were told to end
+
+
 class Engine:
     """Loads a Predictor with `load()` in its worker thread, then decodes submitted jobs."""
 
-    def __init__(self, load: Callable[[], object], max_batch_size: int, max_queue: int):
+    def __init__(self, load: Callable[[], object], max_batch_size: int, max_queue: int,
+                 metrics: Metrics | None = None, prefill_chunk: int = PREFILL_CHUNK):
         self._load = load
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
+        self.metrics = metrics or Metrics()
+        self.prefill_chunk = prefill_chunk
         self.predictor = None
         self.loaded_at: float | None = None
         self.load_error: BaseException | None = None
         self.loaded = threading.Event()      # set when loading ended, well or not
+        self.decode_steps = 0                # forward passes over the decoding rows so far
         self._waiting: deque[Job] = deque()
         self._wakeup = threading.Condition()
         self._stopping = False
-        self._running: list[Job] = []
+        self._running: list[_Running] = []
+        self._batch = None
         self._thread = threading.Thread(target=self._run, name="codegen-model", daemon=True)
+        self.metrics.queued_requests.set_function(lambda: len(self._waiting))
 
     # -- event-loop side --------------------------------------------------------------
 
@@ -126,8 +152,8 @@ class Engine:
 
     @property
     def running(self) -> list[Job]:
-        """The jobs being decoded now."""
-        return list(self._running)
+        """The jobs in the batch now."""
+        return [r.job for r in list(self._running)]
 
     def start(self) -> None:
         self._thread.start()
@@ -137,7 +163,7 @@ class Engine:
             self._stopping = True
             waiting, self._waiting = list(self._waiting), deque()
             self._wakeup.notify_all()
-        for job in self._running:
+        for job in self.running:
             job.cancel()
         for job in waiting:
             job.cancel()
@@ -150,6 +176,7 @@ class Engine:
         with self._wakeup:
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull()
+            job.submitted = time.monotonic()
             self._waiting.append(job)
             self._wakeup.notify()
 
@@ -159,6 +186,7 @@ class Engine:
         try:
             predictor = self._load()
             self.loaded_at = time.time()
+            self._batch = predictor.batch(self.prefill_chunk)
             self.predictor = predictor
         except (ValueError, FileNotFoundError) as e:   # a bad checkpoint: the message says it all
             logger.error("loading the model failed: %s", e)
@@ -170,67 +198,112 @@ class Engine:
             return
         finally:
             self.loaded.set()
-        while (batch := self._next_batch()) is not None:
-            self._running = batch
+        while (admitted := self._next_jobs()) is not None:
+            for job in admitted:
+                self._start(job)
+            self._drop_cancelled_and_late()
+            if not self._batch:
+                continue
+            decoded = self._batch.decode_steps
             try:
-                self._decode(batch)
-            finally:
+                events = self._batch.step()
+                self.decode_steps += self._batch.decode_steps - decoded
+            except Exception as e:
+                logger.exception("generation failed")
+                for running in self._running:
+                    running.job.deliver(e)
+                    running.job.deliver(Finished())
                 self._running = []
-                for job in batch:
-                    job.deliver(Finished())
+                self._batch = self.predictor.batch(self.prefill_chunk)
+                continue
+            finally:
+                self.metrics.active_rows.set(self._batch.rows)
+                self.metrics.batch_size.set(self._batch.decoding)
+            self._deliver(events)
+        for running in self._running:
+            running.job.deliver(Finished())
+        self._running = []
 
-    def _next_batch(self) -> list[Job] | None:
-        """The oldest waiting job and those after it that fit in one batch with it; None when stopping."""
+    def _next_jobs(self) -> list[Job] | None:
+        """Waiting jobs whose rows fit beside the batch's (oldest first); None when stopping.
+
+        Blocks while there is nothing to do.
+        """
         with self._wakeup:
-            while not self._waiting and not self._stopping:
+            while not self._waiting and not self._batch and not self._stopping:
                 self._wakeup.wait()
             if self._stopping:
                 return None
-            batch, rows = [], 0
-            while self._waiting and (not batch or rows + self._waiting[0].rows <= self.max_batch_size):
+            jobs, rows = [], self._batch.rows
+            while self._waiting and rows + self._waiting[0].rows <= self.max_batch_size:
                 job = self._waiting.popleft()
                 if job.cancelled:
                     job.deliver(Finished())
                     continue
-                batch.append(job)
+                jobs.append(job)
                 rows += job.rows
-            return batch
+            return jobs
 
-    def _decode(self, batch: list[Job]) -> None:
-        from ..generation import Request, stream
-
-        predictor = self.predictor
-        requests, owners = [], []     # owners[stream row] = (job, choice index within the job)
-        for job in batch:
+    def _start(self, job: Job) -> None:
+        """Score the job's prompts if asked, then add its prompts to the batch."""
+        self.metrics.queue_wait.observe(time.monotonic() - job.submitted)
+        self.metrics.prompt_tokens.inc(sum(len(ids) for ids in job.prompt_ids))
+        try:
             if job.score_prompts is not None:
-                self._score(job)
+                for p, ids in enumerate(job.prompt_ids):
+                    logprobs, top = self.predictor.score(ids, job.score_prompts)
+                    job.deliver(PromptScores(p, ids, logprobs, top))
+            choices = {}
             for p, (ids, config) in enumerate(zip(job.prompt_ids, job.configs)):
-                if config is not None and not job.cancelled:
-                    requests.append(Request(ids, config))
-                    owners.extend((job, p * job.n + j) for j in range(job.n))
-        if not requests:
-            return
-        try:
-            events = stream(predictor.model, predictor.tokenizer, requests, prompt_cache=predictor.prompt_cache)
-            for job in {job: None for job, _ in owners}:
-                rows = [row for row, (owner, _) in enumerate(owners) if owner is job]
-                job.on_cancel(lambda rows=rows: [events.cancel(row) for row in rows])
-            for event in events:
-                job, index = owners[event.index]
-                if not job.cancelled:
-                    job.deliver(replace(event, index=index))
+                if config is not None:
+                    rows = self._batch.add(ids, config)
+                    choices.update((row.index, p * job.n + j) for j, row in enumerate(rows))
         except Exception as e:
-            logger.exception("generation failed")
-            for job in batch:
-                job.deliver(e)
-
-    def _score(self, job: Job) -> None:
-        from .logprobs import score_prompt
-        try:
-            for p, ids in enumerate(job.prompt_ids):
-                logprobs, top = score_prompt(self.predictor.model, self.predictor.tokenizer, ids, job.score_prompts)
-                job.deliver(PromptScores(p, ids, logprobs, top))
-        except Exception as e:
-            logger.exception("scoring a prompt failed")
+            logger.exception("starting a request failed")
             job.deliver(e)
-            job.cancel()
+            choices = {}
+        if not choices:
+            job.deliver(Finished())
+            return
+        self._running.append(_Running(job, choices))
+        batch = self._batch
+        job.on_cancel(lambda: [batch.cancel(row) for row in choices])
+
+    def _drop_cancelled_and_late(self) -> None:
+        """Forget cancelled jobs (the batch drops their rows at its next step); end jobs past their deadline."""
+        now = time.monotonic()
+        for running in list(self._running):
+            job = running.job
+            if job.cancelled:
+                self._running.remove(running)
+                job.deliver(Finished())
+            elif job.timeout is not None and not running.ended and now - job.submitted >= job.timeout:
+                running.ended = True
+                for row in running.choices:
+                    self._batch.end(row)
+
+    def _deliver(self, events) -> None:
+        owners = {row: running for running in self._running for row in running.choices}
+        now = time.monotonic()
+        for event in events:
+            running = owners.get(event.index)
+            if running is None or running.job.cancelled:   # forgotten between its cancel and the step
+                continue
+            job = running.job
+            if job.first_token_at is None and event.token_ids:
+                job.first_token_at = now
+                self.metrics.time_to_first_token.observe(now - job.submitted)
+            job.generated += len(event.token_ids)
+            self.metrics.completion_tokens.inc(len(event.token_ids))
+            job.deliver(replace(event, index=running.choices[event.index]))
+            if event.finish_reason is not None:
+                del running.choices[event.index]
+                if not running.choices:
+                    self._finish(running, now)
+
+    def _finish(self, running: _Running, now: float) -> None:
+        job = running.job
+        self._running.remove(running)
+        if job.generated > 1:
+            self.metrics.time_per_output_token.observe((now - job.first_token_at) / (job.generated - 1))
+        job.deliver(Finished())

@@ -23,12 +23,15 @@ class Settings:
     model: str | None = None
     host: str = "127.0.0.1"
     port: int = 8978
-    api_key: str | None = None
+    api_key: tuple[str, ...] | str | None = None     # a str is one key
+    api_key_file: str | None = None
     device: str | None = None
     quantize: str | None = None
     max_batch_size: int = 8
     max_queue: int = 64
-    prompt_cache_entries: int = 4
+    prompt_cache_entries: int = 64
+    prompt_cache_mb: int = 1024
+    request_timeout: float | None = None
     use_faster: bool = True
     use_fp16_decoding: bool = True
     # defaults for what a request leaves out: PaddleNLP codegen_server.py's
@@ -42,6 +45,10 @@ class Settings:
     log_level: str = "info"
 
     def __post_init__(self):
+        if isinstance(self.api_key, str):
+            object.__setattr__(self, "api_key", (self.api_key,))
+        if self.request_timeout is not None and self.request_timeout <= 0:
+            raise ValueError(f"request_timeout must be a positive number of seconds, got {self.request_timeout}")
         for name in ("max_batch_size", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -51,6 +58,8 @@ class Settings:
             raise ValueError(f"quantize must be 'int8' or none, got {self.quantize!r}")
         if self.prompt_cache_entries < 0:
             raise ValueError(f"prompt_cache_entries must be >= 0, got {self.prompt_cache_entries}")
+        if self.prompt_cache_mb < 1:
+            raise ValueError(f"prompt_cache_mb must be at least 1, got {self.prompt_cache_mb}")
         if self.max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
         if not 0 <= self.temperature <= 2:
@@ -74,14 +83,18 @@ _HELP = {
              "shipped in the package)",
     "host": "address to listen on",
     "port": "TCP port (0 picks a free one)",
-    "api_key": "when set, /v1 routes require 'Authorization: Bearer KEY'",
+    "api_key": "when set, /v1 routes require 'Authorization: Bearer KEY'; repeat for several keys",
+    "api_key_file": "file of accepted keys, one per line, re-read on SIGHUP",
     "device": "cpu, gpu or gpu:N (default: gpu if available)",
     "quantize": "'int8' for int8 weights",
     "use_faster": "the fused CPU path when it builds (PaddleNLP's FasterGeneration switch)",
     "use_fp16_decoding": "fp16 weights (on CPU read at half the bytes, fp32 arithmetic)",
     "max_batch_size": "most sequences decoded together; also the limit on prompts x n in one request",
     "max_queue": "requests allowed to wait for the model before new ones get 429",
-    "prompt_cache_entries": "prompts whose KV cache is kept for reuse by the next similar prompt (0 disables)",
+    "prompt_cache_entries": "prompts whose KV cache is kept for reuse by the next similar prompt; one per "
+                            "editor using the server (0 disables)",
+    "prompt_cache_mb": "most memory the prompt cache holds, in MiB (the least recently used entries go first)",
+    "request_timeout": "seconds after which a request ends with what it has (finish_reason 'length')",
     "max_tokens": "max_tokens of requests that leave it out",
     "min_length": "new tokens generated before end-of-text is allowed",
     "decode_strategy": "greedy_search or sampling, for requests without a temperature",
@@ -108,7 +121,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default = getattr(defaults, field.name)
         shown = "" if default is None else f"; default {default}"
         names = [field.name] + ([ALIASES[field.name]] if field.name in ALIASES else [])
-        kind = dict(action=argparse.BooleanOptionalAction) if field.type == "bool" else dict(metavar=field.name.upper())
+        if field.type == "bool":
+            kind = dict(action=argparse.BooleanOptionalAction)
+        else:
+            # several keys for a team: the flag may be repeated
+            kind = dict(metavar=field.name.upper(), action="append" if field.name == "api_key" else "store")
         parser.add_argument(*("--" + name.replace("_", "-") for name in names), dest=field.name, default=None,
                             help=f"{_HELP[field.name]} [${' or $'.join(map(env_variable, names))}{shown}]", **kind)
 
@@ -125,6 +142,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         source, raw = (f"--{field.name.replace('_', '-')}", flag) if flag is not None else \
             _from_environment(field.name)
         if raw is None:
+            continue
+        if isinstance(raw, list):    # a repeated flag
+            values[field.name] = tuple(raw)
             continue
         try:
             values[field.name] = convert(raw)

@@ -1,0 +1,205 @@
+"""The server as a team shares it: continuous batching, cancellation, deadlines, several keys, metrics."""
+import json
+import logging
+import os
+import signal
+import socket
+import time
+
+import httpx
+import pytest
+
+from codegen.server import reload_keys_on_sighup
+from codegen.server.keys import fingerprint
+from codegen.server.settings import Settings
+
+from test_server import (READY_TIMEOUT, Gate, model_dir, running_server, tokenizer,  # noqa: F401
+                         wait_idle, wait_until)
+
+GREEDY = {"temperature": 0, "stop": None}
+
+
+@pytest.fixture(scope="module")
+def gated(model_dir):  # noqa: F811
+    gate = Gate()
+    settings = Settings(model=str(model_dir), max_batch_size=4, max_queue=8, prompt_cache_entries=0,
+                        request_timeout=30)
+    with running_server(settings, load=gate.loader(settings)) as (base, app):
+        yield base, app.state.engine, gate
+        gate.release()
+
+
+def completion_text(http, base, body) -> str:
+    response = http.post(base + "/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()["choices"][0]["text"]
+
+
+def event_texts(lines):
+    return [json.loads(line[len("data: "):])["choices"][0]["text"] for line in lines if line.startswith("data: {")]
+
+
+def test_a_request_joins_a_running_stream_and_both_get_their_solo_greedy_text(gated):
+    base, engine, gate = gated
+    wait_idle(engine)
+    long_body = {"prompt": "def main():\n", "max_tokens": 150, **GREEDY}
+    short_body = {"prompt": "import os\nimport sys\n", "max_tokens": 6, **GREEDY}
+    with httpx.Client(timeout=60) as http:
+        solo_long, solo_short = completion_text(http, base, long_body), completion_text(http, base, short_body)
+        calls_before = len(gate.calls)
+        with http.stream("POST", base + "/v1/completions", json={**long_body, "stream": True}) as streaming:
+            lines = streaming.iter_lines()
+            first = next(line for line in lines if line.startswith("data: {"))
+            (long_job,) = engine.running
+            assert completion_text(http, base, short_body) == solo_short
+            short_done_while_long_ran = long_job in engine.running
+            streamed = "".join(event_texts([first, *lines]))
+    assert short_done_while_long_ran                   # the short request did not wait for the long one
+    assert 2 in gate.calls[calls_before:]              # they shared decode steps
+    assert streamed == solo_long
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_between_a_streams_decode_steps(gated, tokenizer):  # noqa: F811
+    base, engine, gate = gated
+    wait_idle(engine)
+    long_prompt = "value = compute(alpha, beta)\n" * 120
+    assert len(tokenizer.encode(long_prompt)) > 3 * 256
+    with httpx.Client(timeout=60) as http:
+        with http.stream("POST", base + "/v1/completions",
+                         json={"prompt": "x = 1\n", "max_tokens": 400, "stream": True, **GREEDY}) as streaming:
+            lines = streaming.iter_lines()
+            next(line for line in lines if line.startswith("data: {"))
+            start = len(gate.shapes)
+            assert http.post(base + "/v1/completions",
+                             json={"prompt": long_prompt, "max_tokens": 2, **GREEDY}).status_code == 200
+            shapes = gate.shapes[start:]
+            running_tokens = len(event_texts(lines))   # the stream went on to its end meanwhile
+    chunks = [i for i, shape in enumerate(shapes) if shape[1] > 1]
+    assert len(chunks) >= 4 and all(shapes[i] == (1, 256) for i in chunks[:-1])
+    # between two chunks of the long prompt, the running stream took a decode step
+    assert all(shapes[i + 1] == (1, 1) for i in chunks[:-1])
+    assert running_tokens > 0
+
+
+def hold_a_decode_step(gate):
+    gate.close_at_call = len(gate.calls) + 2      # the prefill runs, the first decode step holds
+
+
+def test_a_streamed_client_that_leaves_is_dropped_within_one_decode_step(gated):
+    base, engine, gate = gated
+    wait_idle(engine)
+    hold_a_decode_step(gate)
+    try:
+        with httpx.Client(timeout=60) as http:
+            with http.stream("POST", base + "/v1/completions",
+                             json={"prompt": "x = 0\n", "max_tokens": 400, "stream": True, **GREEDY}) as r:
+                next(line for line in r.iter_lines() if line.startswith("data: {"))
+                (job,) = engine.running
+        wait_until(lambda: job.cancelled, "the server to notice the disconnect")
+        steps_at_cancel = engine.decode_steps
+    finally:
+        gate.release()
+    wait_until(lambda: job not in engine.running and not engine._batch, "the row to leave")
+    assert engine.decode_steps - steps_at_cancel <= 1     # only the step held when it left
+
+
+def test_a_non_streamed_client_that_leaves_is_dropped_within_one_decode_step(gated):
+    base, engine, gate = gated
+    wait_idle(engine)
+    hold_a_decode_step(gate)
+    body = json.dumps({"prompt": "x = 0\n", "max_tokens": 400, **GREEDY}).encode()
+    host, port = base.removeprefix("http://").split(":")
+    try:
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            wait_until(lambda: engine.running and not gate.open.is_set(), "the request to be decoding")
+            (job,) = engine.running
+        wait_until(lambda: job.cancelled, "the server to notice the disconnect")
+        steps_at_cancel = engine.decode_steps
+    finally:
+        gate.release()
+    wait_until(lambda: job not in engine.running and not engine._batch, "the row to leave")
+    assert engine.decode_steps - steps_at_cancel <= 1
+
+
+def test_a_request_past_its_deadline_ends_with_what_it_has(gated):
+    base, engine, gate = gated
+    wait_idle(engine)
+    engine_timeout = 1.0
+    hold_a_decode_step(gate)
+    sent = time.monotonic()
+    with httpx.Client(timeout=60) as http:
+        with http.stream("POST", base + "/v1/completions",
+                         json={"prompt": "x = 0\n", "max_tokens": 400, "stream": True, **GREEDY}) as r:
+            lines = r.iter_lines()
+            next(line for line in lines if line.startswith("data: {"))
+            (job,) = engine.running
+            assert job.timeout == 30                # --request-timeout
+            job.timeout = engine_timeout          # shorter than the server's 30 s, for this request only
+            wait_until(lambda: time.monotonic() - sent > engine_timeout, "the deadline")
+            gate.release()
+            events = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+    assert events[-1]["choices"][0]["finish_reason"] == "length"
+    assert len(events) < 400
+
+
+@pytest.fixture
+def key_file(tmp_path):
+    path = tmp_path / "keys"
+    path.write_text("# the team's keys\nalice-key\n\nbob-key\n")
+    return path
+
+
+def test_several_keys_are_accepted_named_by_fingerprint_and_reloaded_on_sighup(model_dir, key_file, caplog):  # noqa: F811
+    caplog.set_level(logging.INFO, logger="codegen.server")
+    settings = Settings(model=str(model_dir), api_key=("flag-one", "flag-two"), api_key_file=str(key_file))
+    with running_server(settings) as (base, app), httpx.Client(timeout=60) as http:
+        def status(key):
+            return http.get(base + "/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code
+
+        assert [status(k) for k in ("flag-one", "flag-two", "alice-key", "bob-key")] == [200] * 4
+        assert status("mallory") == 401 and http.get(base + "/v1/models").status_code == 401
+        log = caplog.text
+        assert f"key {fingerprint('alice-key')}" in log and f"key {fingerprint('flag-two')}" in log
+        assert "alice-key" not in log and "flag-one" not in log
+
+        previous = signal.getsignal(signal.SIGHUP)
+        try:
+            reload_keys_on_sighup(app)
+            key_file.write_text("carol-key\n")
+            os.kill(os.getpid(), signal.SIGHUP)
+            wait_until(lambda: status("carol-key") == 200, "the key file to be re-read")
+        finally:
+            signal.signal(signal.SIGHUP, previous)
+        assert status("alice-key") == 401 and status("flag-one") == 200
+
+
+def test_a_missing_key_file_is_named():
+    from codegen.server.keys import APIKeys
+    with pytest.raises(ValueError, match="--api-key-file /nonexistent/keys"):
+        APIKeys((), "/nonexistent/keys")
+
+
+def test_metrics_count_requests_tokens_latencies_and_prompt_cache_reuse(model_dir):  # noqa: F811
+    settings = Settings(model=str(model_dir), prompt_cache_entries=2)
+    body = {"prompt": "def fib(n):\n    if n < 2:\n        return n\n", "max_tokens": 5, **GREEDY}
+    with running_server(settings) as (base, _), httpx.Client(timeout=60) as http:
+        for _ in range(2):
+            usage = http.post(base + "/v1/completions", json=body).json()["usage"]
+        assert http.post(base + "/v1/completions", json={"prompt": "x", "max_tokens": -1}).status_code == 400
+        response = http.get(base + "/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    lines = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+             for line in response.text.splitlines() if line and not line.startswith("#")}
+    assert lines['codegen_requests_total{route="/v1/completions",status="200"}'] == 2
+    assert lines['codegen_requests_total{route="/v1/completions",status="400"}'] == 1
+    assert lines["codegen_prompt_tokens_total"] == 2 * usage["prompt_tokens"]
+    assert lines["codegen_completion_tokens_total"] == 2 * usage["completion_tokens"]
+    for histogram in ("time_to_first_token_seconds", "time_per_output_token_seconds", "queue_wait_seconds"):
+        assert lines[f"codegen_{histogram}_count"] == 2
+    for gauge in ("active_rows", "queued_requests", "batch_size"):
+        assert lines[f"codegen_{gauge}"] == 0
+    # the second request reused all of the first's prompt but its last token
+    assert lines["codegen_prompt_cache_hits_total"] == 1
+    assert lines["codegen_prompt_cache_reused_tokens_total"] == usage["prompt_tokens"] - 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
+from functools import cached_property
 from typing import Iterator, Sequence as Seq
 
 from .generation import GenerationConfig, PromptCache, Request, StreamEvent, generate, stream
@@ -68,24 +69,57 @@ class Predictor:
         ids = prompt_ids[-keep:] if truncated else prompt_ids
         return ids, min(max_new_tokens, ctx - len(ids)), truncated
 
-    def encode(self, prompt: str | list[int], max_new_tokens: int) -> tuple[list[int], int, bool]:
-        """Token ids for a prompt given as text or, as the OpenAI API allows, as token ids."""
+    @property
+    def vocab_size(self) -> int:
+        """Ids below this are valid prompt tokens: the model has an embedding row and the tokenizer text
+        for each (a checkpoint's embedding may be padded past its tokenizer, or be smaller than it)."""
+        return min(len(self.tokenizer), self.model_config.vocab_size)
+
+    @cached_property
+    def max_prompt_chars(self) -> int:
+        """No token stands for more than `longest_token_bytes` bytes, so this many characters of text
+        make at least `context_length` tokens: more of a prompt than this can never reach the model."""
+        return self.context_length * self.tokenizer.longest_token_bytes
+
+    def check_ids(self, ids: Seq[int], what: str = "prompt") -> None:
+        """ValueError naming the first id of `what` that is not a token of this model."""
+        vocab = self.vocab_size
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ValueError(f"{what} has token id {bad}, outside this model's vocabulary 0..{vocab - 1}")
+
+    def prompt_ids(self, prompt: str | Seq[int], what: str = "prompt", keep_end: bool = True) -> tuple[list[int], int]:
+        """The checked token ids of a prompt given as text or, as the OpenAI API allows, as token ids.
+
+        Text longer than `max_prompt_chars` is cut to its end (its start with keep_end=False) before
+        it is tokenized, so the work is bounded by the context, not by the prompt. Returns (ids, tokens
+        cut off before tokenizing), the latter estimated from the kept text's characters per token and
+        0 when nothing was cut. Near the cut the kept tokens may differ from the whole text's
+        tokenization, but the cut lies at least a context's worth of tokens from the kept end.
+        """
+        cut = 0
         if isinstance(prompt, str):
-            if not prompt:
-                raise ValueError("prompt is empty: give the start of the code to complete")
-            prompt_ids = self.tokenizer.encode(prompt)
+            cut = max(0, len(prompt) - self.max_prompt_chars)
+            text = prompt[cut:] if keep_end else prompt[:len(prompt) - cut]
+            ids = self.tokenizer.encode(text)
+            cut = round(cut * len(ids) / len(text)) if cut else 0
         elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            vocab = self.model_config.vocab_size
-            bad = [t for t in prompt if not 0 <= t < vocab]
-            if bad:
-                raise ValueError(f"prompt token id {bad[0]} is outside the model's vocabulary 0..{vocab - 1}")
-            prompt_ids = list(prompt)
+            ids = list(prompt)
         else:
-            raise ValueError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
+            raise ValueError(f"{what} must be a string or a list of token ids, got {type(prompt).__name__}")
+        self.check_ids(ids, what)
+        return ids, cut
+
+    def encode(self, prompt: str | list[int], max_new_tokens: int) -> tuple[list[int], int, bool]:
+        """Token ids for a prompt given as text or token ids, fitted to the context (see `fit`)."""
+        if isinstance(prompt, str) and not prompt:
+            raise ValueError("prompt is empty: give the start of the code to complete")
+        prompt_ids, cut = self.prompt_ids(prompt)
         ids, max_new, truncated = self.fit(prompt_ids, max_new_tokens)
         if truncated:
-            logger.warning("prompt of %d tokens left-truncated to %d to fit the model's context of %d",
-                           len(prompt_ids), len(ids), self.context_length)
+            logger.warning("prompt of %s tokens left-truncated to %d to fit the model's context of %d",
+                           f"about {len(prompt_ids) + cut}" if cut else len(prompt_ids), len(ids),
+                           self.context_length)
         return ids, max_new, truncated
 
     # -- generation ---------------------------------------------------------------

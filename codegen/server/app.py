@@ -3,20 +3,22 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .completions import CompletionRun
 from .engine import Engine, Job, NotReady, QueueFull
+from .guards import RequestGuards, is_loopback
 from .prompts import prepare_prompt
-from .protocol import APIError, CompletionParams, Defaults, Limits, bad_request, parse_completion, parse_json
+from .protocol import (APIError, COMPLETION_SCHEMA, CompletionParams, Defaults, Limits, bad_request, parse_completion,
+                       parse_json)
+from .responses import JSONResponse, sse
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -58,13 +60,6 @@ def generation_config(params: CompletionParams, max_new_tokens: int):
     return config
 
 
-def sse(data: dict | str) -> str:
-    """One server-sent event: a single `data:` line (JSON never holds a raw newline) and a blank line."""
-    if not isinstance(data, str):
-        data = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"data: {data}\n\n"
-
-
 def create_app(settings: Settings, load=None, on_load_failure=None) -> FastAPI:
     """The app; `load()` returns a Predictor (default: from `settings`) and runs in the worker thread.
 
@@ -88,8 +83,10 @@ def create_app(settings: Settings, load=None, on_load_failure=None) -> FastAPI:
         watcher.cancel()
         await asyncio.to_thread(engine.stop)
 
-    app = FastAPI(title="codegen", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # /openapi.json describes the routes and the Completions body for clients and fuzzers
+    app = FastAPI(title="codegen", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine = engine
+    app.add_middleware(RequestGuards, max_body=settings.max_request_bytes, loopback_only=is_loopback(settings.host))
 
     # -- errors: always OpenAI's error object, never a framework's own shape ---------
 
@@ -158,11 +155,14 @@ def create_app(settings: Settings, load=None, on_load_failure=None) -> FastAPI:
         return {"token": key or "codegen-local", "expires_at": now + 3600, "refresh_in": 1800,
                 "endpoints": {"api": base, "proxy": base}, "chat_enabled": False}
 
-    @app.post("/v1/completions")
+    completion_body = {"requestBody": {"required": True,
+                                       "content": {"application/json": {"schema": COMPLETION_SCHEMA}}}}
+
+    @app.post("/v1/completions", openapi_extra=completion_body)
     async def completions(request: Request):
         return await complete(request)
 
-    @app.post("/v1/engines/{engine_name}/completions")
+    @app.post("/v1/engines/{engine_name}/completions", openapi_extra=completion_body)
     async def engine_completions(engine_name: str, request: Request):
         # Copilot names an engine (codegen, copilot-codex, ...); there is one model, so any name serves
         return await complete(request)
@@ -170,13 +170,15 @@ def create_app(settings: Settings, load=None, on_load_failure=None) -> FastAPI:
     async def complete(request: Request):
         authorize(request)
         predictor = require_ready()
-        limits = Limits(predictor.context_length, len(predictor.tokenizer), settings.max_batch_size)
+        limits = Limits(predictor.context_length, predictor.vocab_size, settings.max_batch_size)
         params = parse_completion(parse_json(await request.body()), limits, defaults)
         if params.echo and params.suffix is not None and predictor.tokenizer.fim_sentinels is not None:
             raise bad_request("echo", "echo cannot be combined with suffix: an infilling prompt is not the text sent")
         try:
             prompts = await asyncio.to_thread(
-                lambda: [prepare_prompt(predictor, p, params.suffix, params.max_tokens) for p in params.prompts])
+                lambda: [prepare_prompt(predictor, p, params.suffix, params.max_tokens,
+                                        f"prompt[{i}]" if len(params.prompts) > 1 else "prompt")
+                         for i, p in enumerate(params.prompts)])
         except ValueError as e:
             raise bad_request("prompt", str(e)) from None
         configs = [generation_config(params, p.max_new_tokens) if p.max_new_tokens else None for p in prompts]

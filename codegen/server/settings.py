@@ -24,6 +24,7 @@ class Settings:
     max_batch_size: int = 8
     max_queue: int = 64
     prompt_cache_entries: int = 4
+    max_request_bytes: int = 4 * 1024 * 1024
     # defaults for fields a request leaves out (OpenAI's own defaults)
     max_tokens: int = 16
     temperature: float = 1.0
@@ -32,7 +33,7 @@ class Settings:
     log_level: str = "info"
 
     def __post_init__(self):
-        for name in ("max_batch_size", "max_queue"):
+        for name in ("max_batch_size", "max_queue", "max_request_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
@@ -64,6 +65,7 @@ _HELP = {
     "max_batch_size": "most sequences decoded together; also the limit on prompts x n in one request",
     "max_queue": "requests allowed to wait for the model before new ones get 429",
     "prompt_cache_entries": "prompts whose KV cache is kept for reuse by the next similar prompt (0 disables)",
+    "max_request_bytes": "largest request body accepted; larger ones get 413",
     "max_tokens": "max_tokens of requests that leave it out",
     "temperature": "temperature of requests that leave it out (0 means greedy)",
     "top_p": "top_p of requests that leave it out",

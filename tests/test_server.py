@@ -528,9 +528,11 @@ def fim_model_dir(model_dir, tmp_path_factory) -> Path:
 
 
 def fake_predictor(tokenizer, context):
+    """A Predictor's prompt handling without a model."""
     from codegen.predictor import Predictor
-    fake = SimpleNamespace(tokenizer=tokenizer, context_length=context)
-    fake.fit = lambda ids, max_new: Predictor.fit(fake, ids, max_new)
+    fake = Predictor.__new__(Predictor)
+    fake.tokenizer, fake.context_length = tokenizer, context
+    fake.model_config = SimpleNamespace(vocab_size=len(tokenizer))
     return fake
 
 

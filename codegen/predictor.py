@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Iterator, Sequence as Seq
 
 from .generation import Batch, GenerationConfig, PromptCache, Request, StreamEvent, generate, score, stream
@@ -36,8 +37,16 @@ class PreparedPrompt:
     """A prompt as the model will see it (see `Predictor.prepare`)."""
     ids: list[int]
     max_new_tokens: int    # the request's max_new_tokens, clamped to what the context leaves
-    dropped: int           # prompt tokens cut to fit the context
+    dropped: int           # prompt tokens cut to fit the context (estimated for text cut before tokenizing)
     text: str              # the prompt as the model sees it, for `echo`
+
+
+class PromptError(ValueError):
+    """A prompt the model cannot take; `param` names the request field at fault ("prompt" or "suffix")."""
+
+    def __init__(self, message: str, param: str = "prompt"):
+        super().__init__(message)
+        self.param = param
 
 
 class Predictor:
@@ -80,49 +89,82 @@ class Predictor:
 
     @property
     def vocab_size(self) -> int:
-        """Token ids below this have text; prompts given as ids must stay below it."""
+        """Ids below this are valid prompt tokens: the model has an embedding row and the tokenizer text
+        for each (a checkpoint's embedding may be padded past its tokenizer, or be smaller than it)."""
         return min(len(self.tokenizer), self.model_config.vocab_size)
 
-    def _token_ids(self, prompt: str | list[int]) -> list[int]:
-        """A prompt given as text or, as the OpenAI API allows, as token ids; possibly empty."""
+    @cached_property
+    def max_prompt_chars(self) -> int:
+        """No token stands for more than `longest_token_bytes` bytes, so this many characters of text
+        make at least `context_length` tokens: more of a prompt than this can never reach the model."""
+        return self.context_length * self.tokenizer.longest_token_bytes
+
+    def check_ids(self, ids: Seq[int], what: str = "prompt", param: str | None = None) -> None:
+        """PromptError naming the first id of `what` (request field `param`) that is not a token of this model."""
+        vocab = self.vocab_size
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise PromptError(f"{what} has token id {bad}, outside this model's vocabulary 0..{vocab - 1}",
+                              param or what.split("[")[0])
+
+    def prompt_ids(self, prompt: str | Seq[int], what: str = "prompt", keep_end: bool = True) -> tuple[list[int], int]:
+        """The checked token ids of a prompt given as text or, as the OpenAI API allows, as token ids.
+
+        Text longer than `max_prompt_chars` is cut to its end (its start with keep_end=False) before
+        it is tokenized, so the work is bounded by the context, not by the prompt. Returns (ids, tokens
+        cut off before tokenizing), the latter estimated from the kept text's characters per token and
+        0 when nothing was cut. Near the cut the kept tokens may differ from the whole text's
+        tokenization, but the cut lies at least a context's worth of tokens from the kept end.
+        """
+        cut = 0
         if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt) if prompt else []
-        if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            bad = [t for t in prompt if not 0 <= t < self.vocab_size]
-            if bad:
-                raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary 0..{self.vocab_size - 1}")
-            return list(prompt)
-        raise ValueError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
+            cut = max(0, len(prompt) - self.max_prompt_chars)
+            text = prompt[cut:] if keep_end else prompt[:len(prompt) - cut]
+            ids = self.tokenizer.encode(text)
+            cut = round(cut * len(ids) / len(text)) if cut else 0
+        elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            ids = list(prompt)
+        else:
+            raise PromptError(f"{what} must be a string or a list of token ids, got {type(prompt).__name__}",
+                              what.split("[")[0])
+        self.check_ids(ids, what)
+        return ids, cut
 
     def encode(self, prompt: str | list[int], max_new_tokens: int) -> tuple[list[int], int, bool]:
-        """Token ids for a prompt given as text or, as the OpenAI API allows, as token ids."""
-        prompt_ids = self._token_ids(prompt)
-        if not prompt_ids:
-            raise ValueError("prompt is empty: give the start of the code to complete")
+        """Token ids for a prompt given as text or token ids, fitted to the context (see `fit`)."""
+        if not prompt:
+            raise PromptError("prompt is empty: give the start of the code to complete")
+        prompt_ids, cut = self.prompt_ids(prompt)
         ids, max_new, truncated = self.fit(prompt_ids, max_new_tokens)
         if truncated:
-            logger.warning("prompt of %d tokens left-truncated to %d to fit the model's context of %d",
-                           len(prompt_ids), len(ids), self.context_length)
+            logger.warning("prompt of %s tokens left-truncated to %d to fit the model's context of %d",
+                           f"about {len(prompt_ids) + cut}" if cut else len(prompt_ids), len(ids),
+                           self.context_length)
         return ids, max_new, truncated
 
-    def prepare(self, prompt: str | list[int], max_new_tokens: int, suffix: str | None = None) -> PreparedPrompt:
+    def prepare(self, prompt: str | list[int], max_new_tokens: int, suffix: str | None = None,
+                what: str = "prompt") -> PreparedPrompt:
         """An editor's prompt fitted to the context; with a suffix and an infilling model, a PSM prompt.
 
-        As OpenAI does, an empty prompt generates from the start of a document.
-        `suffix` is ignored when the tokenizer has no fill-in-the-middle tokens.
+        As OpenAI does, an empty prompt generates from the start of a document. `suffix` is ignored
+        when the tokenizer has no fill-in-the-middle tokens. Errors are PromptErrors naming `what`
+        (or the suffix); `dropped` counts text cut before tokenizing as estimated (see `prompt_ids`).
         """
-        ids = self._token_ids(prompt)
+        ids, cut = self.prompt_ids(prompt, what)
         fim = self.tokenizer.fim_sentinels
         if suffix is not None and fim is not None:
-            return self._prepare_infill(ids, self.tokenizer.encode(suffix), fim, max_new_tokens)
+            suffix_ids, suffix_cut = self.prompt_ids(suffix, "suffix", keep_end=False)
+            return self._prepare_infill(ids, suffix_ids, fim, max_new_tokens, cut + suffix_cut)
         if not ids:
             ids = [self.tokenizer.eos_token_id]
         kept, max_new, truncated = self.fit(ids, max_new_tokens)
-        text = prompt if isinstance(prompt, str) and not truncated else self.tokenizer.decode(kept)
-        return PreparedPrompt(kept, max_new, len(ids) - len(kept), text)
+        text = prompt if isinstance(prompt, str) and not (truncated or cut) else self.tokenizer.decode(kept)
+        return PreparedPrompt(kept, max_new, cut + len(ids) - len(kept), text)
 
-    def _prepare_infill(self, prefix: list[int], suffix: list[int], fim, max_new_tokens: int) -> PreparedPrompt:
+    def _prepare_infill(self, prefix: list[int], suffix: list[int], fim, max_new_tokens: int,
+                        cut: int) -> PreparedPrompt:
         sentinels = (fim.prefix, fim.suffix, fim.middle)
+        self.check_ids(sentinels, "the tokenizer's fill-in-the-middle tokens (used with suffix)", "suffix")
         prefix_id, suffix_id, middle_id = sentinels
         whole = [prefix_id, *prefix, suffix_id, *suffix, middle_id]
         kept, max_new, truncated = self.fit(whole, max_new_tokens)
@@ -134,7 +176,7 @@ class Predictor:
             prefix = prefix[len(prefix) - (room - suffix_keep):]
             suffix = suffix[:suffix_keep]
             kept = [prefix_id, *prefix, suffix_id, *suffix, middle_id]
-        return PreparedPrompt(kept, max_new, len(whole) - len(kept), self.tokenizer.decode(kept))
+        return PreparedPrompt(kept, max_new, cut + len(whole) - len(kept), self.tokenizer.decode(kept))
 
     def score(self, prompt_ids: list[int], top: int):
         """(logprobs, top_logprobs) of each prompt token given those before it; None for the first."""

@@ -154,6 +154,12 @@ class Tokenizer:
             text = truncate_completion(text, truncate_before_pattern)
         return text
 
+    @property
+    def longest_token_bytes(self) -> int:
+        """The most bytes of text one token stands for: n characters of text always make at least
+        n / longest_token_bytes tokens."""
+        return max(len(token) for token in self._bytes_by_id())
+
     def _bytes_by_id(self) -> list[bytes]:
         # Built on first decode: it costs about as much as a few long encodes.
         if self._bytes_by_id_cache is None:

@@ -318,6 +318,11 @@ def test_top_k_keeps_the_k_best():
     assert counts[[0, 2]].sum() == 0 and (counts[[1, 3, 4]] > 0).all()
 
 
+def test_a_vanishing_temperature_samples_the_best_token():
+    # 5e-324 takes raw logits to +-inf: without care the probabilities are NaN and the last id is drawn
+    assert (draws([0.1, 0.5, 0.2, 0.2, 0.0], n=50, temperature=5e-324) == [0, 50, 0, 0, 0]).all()
+
+
 def test_top_p_keeps_the_smallest_set_reaching_p():
     counts = draws([0.1, 0.4, 0.2, 0.3], top_p=0.65)          # 0.4 + 0.3 is the first to reach 0.65
     assert counts[[0, 2]].sum() == 0

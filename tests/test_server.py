@@ -529,11 +529,11 @@ def fim_model_dir(model_dir, tmp_path_factory) -> Path:
 
 
 def fake_predictor(tokenizer, context):
-    """A Predictor's prompt preparation without a model."""
+    """A Predictor's prompt handling without a model."""
     from codegen.predictor import Predictor
-    fake = SimpleNamespace(tokenizer=tokenizer, context_length=context, vocab_size=len(tokenizer))
-    for name in ("fit", "_token_ids", "_prepare_infill", "prepare"):
-        setattr(fake, name, getattr(Predictor, name).__get__(fake))
+    fake = Predictor.__new__(Predictor)
+    fake.tokenizer, fake.context_length = tokenizer, context
+    fake.model_config = SimpleNamespace(vocab_size=len(tokenizer))
     return fake
 
 

@@ -111,7 +111,7 @@ def test_a_non_streamed_client_that_leaves_is_dropped_within_one_decode_step(gat
     host, port = base.removeprefix("http://").split(":")
     try:
         with socket.create_connection((host, int(port))) as sock:
-            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
             wait_until(lambda: engine.running and not gate.open.is_set(), "the request to be decoding")
             (job,) = engine.running

@@ -47,7 +47,10 @@ def sample_token(scores: np.ndarray, temperature: float, top_k: int, top_p: floa
                  rng: np.random.Generator) -> int:
     """Draw one token from a row of (penalized) logits after temperature, top-k and top-p."""
     ids = np.arange(scores.shape[0])
-    values = scores.astype(np.float64) / temperature
+    # shifted before dividing: a tiny temperature would take raw logits to inf, and inf - inf is NaN;
+    # shifted, the best token is at 0 and the others at most overflow to -inf, probability 0
+    with np.errstate(over="ignore"):
+        values = (scores.astype(np.float64) - scores.max()) / temperature
     if 0 < top_k < values.shape[0]:
         kth = np.partition(values, -top_k)[-top_k]
         keep = values >= kth                      # ties with the k-th all stay

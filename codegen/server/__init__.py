@@ -7,7 +7,8 @@ GET /copilot_internal/v2/token (a stub for Copilot's token exchange). Every flag
 CODEGEN_MAX_BATCH_SIZE); see `codegen serve --help`. A prompt that does not fit the model's context
 is left-truncated and max_tokens lowered; the response headers X-Codegen-Prompt-Tokens-Dropped and
 X-Codegen-Max-Tokens say by how much (one value per prompt). How presence/frequency penalties map to
-the model's repetition penalty is in `protocol`.
+the model's repetition penalty is in `protocol`; what is refused before any route runs (web pages,
+foreign `Host`s, bodies over --max-request-bytes) in `guards`.
 
 `codegen serve` and `codegen_server.py` both end up in `run(args)`; FastAPI and Paddle are imported
 only there, so adding the flags to a parser stays cheap.
@@ -36,6 +37,7 @@ def serve(settings: Settings) -> int:
 
     from ..checkpoints import resolve_model_dir
     from .app import create_app
+    from .guards import is_loopback
 
     if settings.model is not None:
         resolve_model_dir(settings.model)   # a missing model fails now, not after the socket is up
@@ -43,7 +45,7 @@ def serve(settings: Settings) -> int:
     # thread it would replace uvicorn's and turn a graceful stop into an abort
     import paddle  # noqa: F401
 
-    if not settings.api_key and settings.api_key_file is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
+    if not settings.api_key and settings.api_key_file is None and not is_loopback(settings.host):
         logger.warning("listening on %s without --api-key: anyone who can reach it can use the model",
                        settings.host)
     failed = []

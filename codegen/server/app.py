@@ -2,21 +2,24 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..predictor import PromptError
 from .completions import CompletionRun
 from .engine import Engine, Job, NotReady, QueueFull
+from .guards import RequestGuards, is_loopback
 from .keys import APIKeys
 from .metrics import CONTENT_TYPE, Metrics, RequestLog
-from .protocol import APIError, CompletionParams, Defaults, Limits, bad_request, parse_completion, parse_json
+from .protocol import (APIError, COMPLETION_SCHEMA, CompletionParams, Defaults, Limits, bad_request, parse_completion,
+                       parse_json)
+from .responses import JSONResponse, sse
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -60,13 +63,6 @@ def generation_config(params: CompletionParams, max_new_tokens: int):
     return config
 
 
-def sse(data: dict | str) -> str:
-    """One server-sent event: a single `data:` line (JSON never holds a raw newline) and a blank line."""
-    if not isinstance(data, str):
-        data = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"data: {data}\n\n"
-
-
 def create_app(settings: Settings, load=None, on_load_failure=None) -> FastAPI:
     """The app; `load()` returns a Predictor (default: from `settings`) and runs in the worker thread.
 
@@ -93,9 +89,12 @@ def create_app(settings: Settings, load=None, on_load_failure=None) -> FastAPI:
         watcher.cancel()
         await asyncio.to_thread(engine.stop)
 
-    app = FastAPI(title="codegen", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # /openapi.json describes the routes and the Completions body for clients and fuzzers
+    app = FastAPI(title="codegen", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine = engine
     app.state.api_keys = api_keys
+    app.add_middleware(RequestGuards, max_body=settings.max_request_bytes, loopback_only=is_loopback(settings.host))
+    # added last, so outermost: requests the guards refuse are counted too
     app.add_middleware(RequestLog, metrics=metrics)
 
     # -- errors: always OpenAI's error object, never a framework's own shape ---------
@@ -170,13 +169,17 @@ def create_app(settings: Settings, load=None, on_load_failure=None) -> FastAPI:
         return {"token": key or "codegen-local", "expires_at": now + 3600, "refresh_in": 1800,
                 "endpoints": {"api": base, "proxy": base}, "chat_enabled": False}
 
-    @app.post("/v1/completions")
-    @app.post("/completions")   # the openai 0.x package with PaddleNLP's api_base, which has no /v1
+    completion_body = {"requestBody": {"required": True,
+                                       "content": {"application/json": {"schema": COMPLETION_SCHEMA}}}}
+
+    @app.post("/v1/completions", openapi_extra=completion_body)
+    # without /v1: the openai 0.x package with PaddleNLP's api_base, and its Completion.create(engine=...)
+    @app.post("/completions", openapi_extra=completion_body)
     async def completions(request: Request):
         return await complete(request)
 
-    @app.post("/v1/engines/{engine_name}/completions")
-    @app.post("/engines/{engine_name}/completions")   # openai 0.x's Completion.create(engine=...), same base
+    @app.post("/v1/engines/{engine_name}/completions", openapi_extra=completion_body)
+    @app.post("/engines/{engine_name}/completions", openapi_extra=completion_body)
     async def engine_completions(engine_name: str, request: Request):
         # Copilot names an engine (codegen, copilot-codex, ...); there is one model, so any name serves
         return await complete(request)
@@ -190,9 +193,11 @@ def create_app(settings: Settings, load=None, on_load_failure=None) -> FastAPI:
             raise bad_request("echo", "echo cannot be combined with suffix: an infilling prompt is not the text sent")
         try:
             prompts = await asyncio.to_thread(
-                lambda: [predictor.prepare(p, params.max_tokens, params.suffix) for p in params.prompts])
-        except ValueError as e:
-            raise bad_request("prompt", str(e)) from None
+                lambda: [predictor.prepare(p, params.max_tokens, params.suffix,
+                                           f"prompt[{i}]" if len(params.prompts) > 1 else "prompt")
+                         for i, p in enumerate(params.prompts)])
+        except PromptError as e:
+            raise bad_request(e.param, str(e)) from None
         configs = [generation_config(params, p.max_new_tokens) if p.max_new_tokens else None for p in prompts]
         job = Job([p.ids for p in prompts], configs, params.n,
                   score_prompts=params.logprobs if params.echo and params.logprobs is not None else None,

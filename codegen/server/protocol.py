@@ -16,10 +16,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
+from itertools import accumulate
 
 MAX_LOGPROBS = 5      # OpenAI's limit on `logprobs`
 MAX_STOP = 16         # OpenAI allows 4; editors sometimes send a few more
+MAX_NESTING = 64      # a Completions body nests 3 deep; deeper is refused before parsing
+
+# JSON strings (whose brackets are text) and the bytes that are not brackets, removed to measure nesting
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_DEPTH = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
 class APIError(Exception):
@@ -87,14 +95,60 @@ class CompletionParams:
         return self.temperature == 0 or self.top_p == 0
 
 
+def _nullable(schema: dict) -> dict:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+_TOKEN_IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+
+# The body as a JSON schema, published in /openapi.json for clients and fuzzers; parse_completion
+# is what enforces it (and the loaded model's limits: vocabulary, context, batch size)
+COMPLETION_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "prompt": _nullable({"anyOf": [
+            {"type": "string"},
+            {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            {**_TOKEN_IDS, "minItems": 1},
+            {"type": "array", "items": _TOKEN_IDS, "minItems": 1}]}),
+        "suffix": _nullable({"type": "string"}),
+        "max_tokens": _nullable({"type": "integer", "minimum": 0}),
+        "temperature": _nullable({"type": "number", "minimum": 0, "maximum": 2}),
+        "top_p": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
+        "top_k": _nullable({"type": "integer", "minimum": 0}),
+        "n": _nullable({"type": "integer", "minimum": 1}),
+        "best_of": _nullable({"type": "integer", "minimum": 1}),
+        "stop": _nullable({"anyOf": [{"type": "string"},
+                                     {"type": "array", "items": {"type": "string"}, "maxItems": MAX_STOP}]}),
+        "stream": _nullable({"type": "boolean"}),
+        "stream_options": _nullable({"type": "object", "properties": {"include_usage": {"type": "boolean"}}}),
+        "echo": _nullable({"type": "boolean"}),
+        "logprobs": _nullable({"type": "integer", "minimum": 0, "maximum": MAX_LOGPROBS}),
+        "presence_penalty": _nullable({"type": "number", "minimum": -2, "maximum": 2}),
+        "frequency_penalty": _nullable({"type": "number", "minimum": -2, "maximum": 2}),
+        "seed": _nullable({"type": "integer", "minimum": 0}),
+    },
+}
+
+
 def parse_json(raw: bytes) -> dict:
+    _check_nesting(raw)
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except ValueError as e:   # also a UnicodeDecodeError, or an integer of more than 4300 digits
         raise bad_request(None, f"the request body is not valid JSON ({e})") from None
     if not isinstance(body, dict):
         raise bad_request(None, f"the request body must be a JSON object, got {_json_type(body)}")
     return body
+
+
+def _check_nesting(raw: bytes) -> None:
+    """400 for arrays and objects nested deeper than MAX_NESTING, found without parsing (which would
+    recurse once per level)."""
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    if len(brackets) > MAX_NESTING and \
+            max(accumulate(map(_BRACKET_DEPTH.__getitem__, brackets))) > MAX_NESTING:
+        raise bad_request(None, f"the request body nests arrays or objects more than {MAX_NESTING} deep")
 
 
 def _json_type(value) -> str:
@@ -145,12 +199,12 @@ def _prompts(body: dict, vocab_size: int) -> list:
         # OpenAI: a missing prompt generates as if from the start of a document
         return [""]
     if isinstance(value, str):
-        return [value]
+        return [_text(value, "prompt")]
     if not isinstance(value, list) or not value:
         raise bad_request("prompt", "prompt must be a string, a non-empty array of strings, "
                                     f"or token ids; got {_json_type(value)}")
     if all(isinstance(p, str) for p in value):
-        return list(value)
+        return [_text(p, f"prompt[{i}]", "prompt") for i, p in enumerate(value)]
     if all(isinstance(t, int) and not isinstance(t, bool) for t in value):
         value = [value]
     for i, ids in enumerate(value):
@@ -174,7 +228,17 @@ def _stop(body: dict) -> list[str]:
     if len(value) > MAX_STOP:
         raise bad_request("stop", f"stop has {len(value)} strings; at most {MAX_STOP} are allowed")
     # an empty stop string would end every completion before it starts
-    return [s for s in value if s]
+    return [_text(s, f"stop[{i}]", "stop") for i, s in enumerate(value) if s]
+
+
+def _text(value: str, name: str, param: str | None = None) -> str:
+    """`value` if it is valid Unicode: JSON's \\u escapes can spell a lone surrogate, which no text holds."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise bad_request(param or name, f"{name} is not valid Unicode: it holds the lone surrogate "
+                                         f"U+{ord(value[e.start]):04X} at character {e.start}") from None
+    return value
 
 
 def _repetition_penalty(body: dict, default: float) -> float:
@@ -191,6 +255,7 @@ def parse_completion(body: dict, limits: Limits, defaults: Defaults) -> Completi
     suffix = body.get("suffix")
     if suffix is not None and not isinstance(suffix, str):
         raise bad_request("suffix", f"suffix must be a string, got {_json_type(suffix)}")
+    suffix = suffix and _text(suffix, "suffix")
     n = _integer(body, "n", 1, low=1)
     if len(prompts) * n > limits.max_rows:
         raise bad_request("n", f"this request asks for {len(prompts)} prompt(s) x n={n} = {len(prompts) * n} "

@@ -32,6 +32,7 @@ class Settings:
     prompt_cache_entries: int = 64
     prompt_cache_mb: int = 1024
     request_timeout: float | None = None
+    max_request_bytes: int = 4 * 1024 * 1024
     use_faster: bool = True
     use_fp16_decoding: bool = True
     # defaults for what a request leaves out: PaddleNLP codegen_server.py's
@@ -49,7 +50,7 @@ class Settings:
             object.__setattr__(self, "api_key", (self.api_key,))
         if self.request_timeout is not None and self.request_timeout <= 0:
             raise ValueError(f"request_timeout must be a positive number of seconds, got {self.request_timeout}")
-        for name in ("max_batch_size", "max_queue"):
+        for name in ("max_batch_size", "max_queue", "max_request_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
@@ -95,6 +96,7 @@ _HELP = {
                             "editor using the server (0 disables)",
     "prompt_cache_mb": "most memory the prompt cache holds, in MiB (the least recently used entries go first)",
     "request_timeout": "seconds after which a request ends with what it has (finish_reason 'length')",
+    "max_request_bytes": "largest request body accepted; larger ones get 413",
     "max_tokens": "max_tokens of requests that leave it out",
     "min_length": "new tokens generated before end-of-text is allowed",
     "decode_strategy": "greedy_search or sampling, for requests without a temperature",

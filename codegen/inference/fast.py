@@ -1,0 +1,168 @@
+"""The fast inference path for CodeGen (PaddleNLP's FasterGeneration, for Paddle 3).
+
+On CPU, `make_fast(model, weight_dtype)` stores every transformer Linear as
+int8 / bf16 / fp16 / fp32 [out, in] (`WeightOnlyLinear`) and decodes each new
+token with one compiled operator per block (codegen/kernels): LayerNorm, the
+QKV and fc_in projections read in one pass, rotary, the KV-cache write and
+attention, then out_proj + fc_out + residual. Decoding is bound by reading the
+weights, so narrower weights are proportionally faster. Prompts run through
+the same operator, which switches to blocked GEMMs for many tokens (Paddle's
+own CPU matmul is several times slower on them).
+
+On GPU, `use_fp16_decoding` instead runs the whole model in fp16 with Paddle's
+fused scaled-dot-product attention (`use_fp16_gpu_attention`).
+
+The returned model keeps the `model(input_ids, attention_mask, cache)` and
+`new_cache` protocol of `CodeGenForCausalLM`, so generation drives it unchanged.
+"""
+from __future__ import annotations
+
+import math
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from ..models.cache import KVCache
+from ..models.codegen import MP_NUM, CodeGenAttention, CodeGenForCausalLM
+from .quantize import WeightOnlyLinear, quantize_linears, weight_dtype_name
+
+class FastCodeGenForCausalLM(nn.Layer):
+    """A `CodeGenForCausalLM` whose Linears are `WeightOnlyLinear`s, with fused decoding.
+
+    `model` is the converted model (kept as `self.model`); `kernels` the loaded
+    `codegen.kernels.Kernels`.
+    """
+
+    def __init__(self, model: CodeGenForCausalLM, kernels):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+        self._kernels = kernels
+        self._block_weights = [kernels.block_weights(b.ln_1, b.attn.qkv_proj, b.attn.out_proj, b.mlp.fc_in, b.mlp.fc_out)
+                               for b in model.transformer.h]
+
+    def new_cache(self, batch_size: int, max_length: int | None = None, dtype: str | None = None) -> KVCache:
+        # the fused operator works on a float32 cache whatever the weights' format
+        c = self.config
+        return KVCache(c.n_layer, batch_size, c.n_head, max_length or c.n_positions, c.head_dim, dtype or "float32")
+
+    def forward(self, input_ids, attention_mask=None, cache: KVCache | None = None, last_only: bool = False):
+        batch, seq = input_ids.shape
+        if cache is None:  # the operator writes keys/values somewhere: a cache for this call
+            cache = self.new_cache(batch, min(seq, self.config.n_positions))
+        if cache.keys[0].dtype != paddle.float32 or not input_ids.place.is_cpu_place():
+            return self.model(input_ids, attention_mask, cache, last_only=last_only)
+        past = cache.length
+        if attention_mask is not None and attention_mask.shape[1] != past + seq:
+            raise ValueError(f"attention_mask covers {attention_mask.shape[1]} positions, "
+                             f"expected cached {past} + new {seq}")
+        if past + seq > self.config.n_positions:
+            raise ValueError(f"sequence of {past + seq} tokens exceeds the model's context "
+                             f"of {self.config.n_positions}")
+        if past + seq > cache.max_length:
+            raise ValueError(f"KV cache holds {cache.max_length} positions; this step needs {past + seq}")
+        with paddle.no_grad():
+            return self._fused_forward(input_ids, attention_mask, cache, last_only)
+
+    def _fused_forward(self, input_ids, attention_mask, cache: KVCache, last_only: bool):
+        c, model, kernels = self.config, self.model, self._kernels
+        mask = attention_mask.astype("int64").contiguous() if attention_mask is not None else None
+        x = model.transformer.wte(input_ids)
+        sin, cos, past, eps = model.rotary_sin, model.rotary_cos, int(cache.length), float(c.layer_norm_epsilon)
+        for i, weights in enumerate(self._block_weights):
+            x = kernels.decoder_layer(x, weights, cache.keys[i], cache.values[i], mask, sin, cos, past=past,
+                                      num_heads=c.n_head, rotary_dim=c.rotary_dim, mp_num=MP_NUM, eps=eps)
+        cache.advance(input_ids.shape[1])
+        if last_only:
+            x = x[:, -1:]
+        return model.lm_head(model.transformer.ln_f(x)).astype("float32")
+
+
+def _head_dtype(weight_dtype: str, head_dtype: str | None) -> str:
+    if head_dtype is not None:
+        return weight_dtype_name(head_dtype)
+    # The head turns hidden states straight into logits: bf16's 8-bit mantissa there flipped
+    # the top-1 of close calls ~1% of the time in our tests, int8 likewise; fp16 did not.
+    return weight_dtype if weight_dtype in ("float16", "float32") else "float32"
+
+
+def make_fast(model: CodeGenForCausalLM, weight_dtype: str = "fp32", head_dtype: str | None = None):
+    """Convert `model` in place for fast CPU inference and wrap it.
+
+    `weight_dtype` ('int8', 'bf16', 'fp16' or 'fp32') is the format of the
+    transformer blocks' Linears; `head_dtype` that of the LM head (default:
+    fp32 for int8, as quantize="int8" leaves the logits matmul alone, and for
+    bf16; fp16 for fp16). Embeddings and LayerNorms stay fp32. Returns the wrapped
+    model, or `model` unchanged (after one warning) if the kernels cannot be
+    built here.
+    """
+    from ..kernels import load
+
+    if not isinstance(model, CodeGenForCausalLM):
+        raise ValueError(f"make_fast takes a CodeGenForCausalLM, got {type(model).__name__}")
+    weight_dtype = weight_dtype_name(weight_dtype)
+    head_dtype = _head_dtype(weight_dtype, head_dtype)
+    kernels = load()
+    if kernels is None:
+        return model
+    if not isinstance(model.lm_head, nn.Linear) or model.lm_head.weight.dtype != paddle.float32:
+        raise ValueError("make_fast converts a float32 model with plain Linears (not one already converted)")
+    quantize_linears(model, weight_dtype, skip=["lm_head"])
+    model.lm_head = WeightOnlyLinear.from_linear(model.lm_head, head_dtype)
+    model.eval()
+    return FastCodeGenForCausalLM(model, kernels)
+
+
+# ---- GPU: fp16 with fused attention ------------------------------------------------
+
+class FP16GPUAttention(CodeGenAttention):
+    """CodeGen attention through `F.scaled_dot_product_attention` (flash attention on GPU).
+
+    Same projections and rotary as `CodeGenAttention`; the scores never
+    materialise as a [batch, heads, seq, total] fp32 tensor.
+    """
+
+    def forward(self, x, sin, cos, bias, cache, layer_index):
+        c = self.config
+        query, key, value = self._split_qkv(self.qkv_proj(x))
+        query, key = self._rotate(query, sin, cos), self._rotate(key, sin, cos)
+        if cache is not None:
+            # the cache is [batch, heads, length, head_dim]; SDPA wants [batch, length, heads, head_dim]
+            key, value = cache.update(layer_index, key.transpose([0, 2, 1, 3]), value.transpose([0, 2, 1, 3]))
+            key, value = key.transpose([0, 2, 1, 3]), value.transpose([0, 2, 1, 3])
+        # the fp32 mask value overflows fp16 to -inf, which turns all-masked rows into NaN
+        bias = paddle.clip(bias, min=float(paddle.finfo(query.dtype).min)).astype(query.dtype)
+        out = F.scaled_dot_product_attention(query, key.astype(query.dtype), value.astype(query.dtype),
+                                             attn_mask=bias, training=False,
+                                             scale=1.0 / math.sqrt(c.head_dim))
+        return self.out_proj(out.reshape([out.shape[0], out.shape[1], c.n_embd]))
+
+    def _rotate(self, t, sin, cos):
+        from ..models.codegen import apply_rotary
+        r = self.config.rotary_dim
+        rotated = apply_rotary(t[..., :r].astype("float32"), sin, cos).astype(t.dtype)
+        return paddle.concat([rotated, t[..., r:]], axis=-1) if r < self.config.head_dim else rotated
+
+
+def use_fp16_gpu_attention(model: CodeGenForCausalLM, dtype: str = "float16") -> CodeGenForCausalLM:
+    """Cast `model` to `dtype` and route its attention through `FP16GPUAttention`, in place.
+
+    Meant for GPU (where SDPA is flash attention); on CPU it runs too, as a
+    reference for the arithmetic. Logits still come back float32.
+    """
+    use_sdpa_attention(model)
+    model.to(dtype=dtype)
+    # rotary angles and LayerNorm statistics stay fp32: fp16 positions above 2048 lose precision
+    model.rotary_sin = model.rotary_sin.astype("float32")
+    model.rotary_cos = model.rotary_cos.astype("float32")
+    return model
+
+
+def use_sdpa_attention(model: CodeGenForCausalLM) -> CodeGenForCausalLM:
+    """Route `model`'s attention through `FP16GPUAttention`, in place, keeping its weights as they are."""
+    for block in model.transformer.h:
+        fused = FP16GPUAttention(model.config)
+        fused.qkv_proj, fused.out_proj = block.attn.qkv_proj, block.attn.out_proj
+        block.attn = fused
+    return model

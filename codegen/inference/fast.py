@@ -114,6 +114,15 @@ def make_fast(model: CodeGenForCausalLM, weight_dtype: str = "fp32", head_dtype:
     return FastCodeGenForCausalLM(model, kernels)
 
 
+def _release_freed_memory():
+    """Hand the heap's freed pages back to the OS (glibc keeps them after many mid-size frees)."""
+    import ctypes
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 # ---- GPU: fp16 with fused attention ------------------------------------------------
 
 class FP16GPUAttention(CodeGenAttention):

@@ -29,7 +29,7 @@ import paddle.nn as nn
 from ..checkpoints import (CONFIG_FILE, WEIGHTS_FILE, SafetensorsFile, build_model, check_tensors,
                            expected_tensors, int8_linear_names, read_config, resolve_model_dir, weight_format)
 from ..weight_formats import cast_rows, pack_linear
-from .fast import FastCodeGenForCausalLM, _head_dtype, use_sdpa_attention
+from .fast import FastCodeGenForCausalLM, _head_dtype, _release_freed_memory, use_sdpa_attention
 from .quantize import WeightOnlyLinear
 
 
@@ -170,12 +170,3 @@ def _gpu_index(device: str) -> int:
 def _kernels():
     from ..kernels import load
     return load()
-
-
-def _release_freed_memory():
-    """Hand the heap's freed pages back to the OS (glibc keeps them after many mid-size frees)."""
-    import ctypes
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass

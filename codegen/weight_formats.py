@@ -20,7 +20,7 @@ FORMATS = ("float32", "float16", "bfloat16", "int8")
 STORAGE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16, "int8": np.int8}
 BLOCK_BYTES = 64 << 20
 
-RowReader = Callable[[int, int], np.ndarray]  # (start, stop) -> float32 rows [stop - start, ...]
+RowReader = Callable[[int, int], np.ndarray]  # (start, stop) -> float32 rows [stop - start, ...], a new array
 
 
 def bfloat16_bits(x: np.ndarray) -> np.ndarray:
@@ -76,7 +76,10 @@ def pack_linear(read: RowReader, shape: tuple, fmt: str) -> tuple[np.ndarray, np
     for start, stop in row_blocks(rows, cols):
         block = read(start, stop)
         if scale is not None:
-            block = np.clip(np.rint(block / scale), -127, 127).astype(np.int8)
+            # in place: each full-block temporary would add to the peak
+            np.divide(block, scale, out=block)
+            np.clip(np.rint(block, out=block), -127, 127, out=block)
+            block = block.astype(np.int8)
         packed[:, start:stop] = encode(block, fmt).T
     return packed, scale
 

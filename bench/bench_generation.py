@@ -196,11 +196,18 @@ def ours(args) -> dict:
     import numpy as np
     import paddle
 
-    from codegen.checkpoints import load_model
-    from codegen.models.fast import load_fast
+    from codegen.checkpoints import load_model, read_config
+    from codegen.inference.fast import _head_dtype
+    from codegen.inference.loader import Plan, load_planned
+    from codegen.weight_formats import format_name
 
     paddle.set_device("cpu")
-    model = load_model(args.work / "ours") if args.dtype == "plain" else load_fast(args.work / "ours", args.dtype)
+    ours = args.work / "ours"
+    if args.dtype == "plain":
+        model = load_model(ours)
+    else:  # any weight format, the flags' int8 and fp16 and also bf16 and fp32
+        fmt = format_name(args.dtype)
+        model = load_planned(ours, read_config(ours), Plan("fused-cpu", "cpu", linears=fmt, head=_head_dtype(fmt, None)))
 
     class Ours(Side):
         def prefill(self, ids, new_tokens):

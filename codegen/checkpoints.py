@@ -19,11 +19,14 @@ import numpy as np
 from .paddle_pickle import load_paddle_state
 from .restricted_pickle import CheckpointError
 from .torch_pickle import LazyTensor, load_torch_file, named_tensors
+from .weight_formats import bfloat16_to_float32, cast_rows, format_name, pack_linear
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 # written into config.json: Hugging Face configs also say model_type "codegen"
 FORMAT = "codegen-paddle/1"
+# config.json key: what `codegen convert --quantize/--dtype` made of the weights (absent: float, as converted)
+WEIGHT_FORMAT = "weight_format"
 
 
 # Models inside the package, by name: the small default model lives here (examples/train_default_model.md).
@@ -60,6 +63,15 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
 
 _ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int8): "I8",
               np.dtype(np.int32): "I32", np.dtype(np.int64): "I64", np.dtype(np.uint8): "U8"}
+# numpy has no bfloat16: an entry of this dtype holds its bits as uint16 and is written as BF16
+BF16 = "bfloat16"
+
+
+def _storage(dtype) -> tuple[str, np.dtype]:
+    """(safetensors dtype, numpy dtype of the bytes) of an entry's dtype."""
+    if isinstance(dtype, str) and dtype == BF16:
+        return "BF16", np.dtype(np.uint16)
+    return _ST_DTYPES[np.dtype(dtype)], np.dtype(dtype)
 
 
 def write_safetensors(path: Path, tensors: Iterable[tuple[str, tuple, np.dtype, Callable[[], np.ndarray]]]):
@@ -72,9 +84,9 @@ def write_safetensors(path: Path, tensors: Iterable[tuple[str, tuple, np.dtype, 
     entries = list(tensors)
     header, offset = {}, 0
     for name, shape, dtype, _ in entries:
-        dtype = np.dtype(dtype)
+        st_dtype, dtype = _storage(dtype)
         size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        header[name] = {"dtype": st_dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
@@ -83,7 +95,7 @@ def write_safetensors(path: Path, tensors: Iterable[tuple[str, tuple, np.dtype, 
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for name, shape, dtype, load in entries:
-            array = np.ascontiguousarray(load(), dtype=np.dtype(dtype))
+            array = np.ascontiguousarray(load(), dtype=_storage(dtype)[1])
             if tuple(array.shape) != tuple(shape):
                 raise ValueError(f"tensor {name}: shape {array.shape}, header says {tuple(shape)}")
             f.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
@@ -115,6 +127,59 @@ def open_safetensors(path: Path):
         raise CheckpointError(f"{path}: corrupt safetensors file ({e})") from e
 
 
+class SafetensorsFile:
+    """A safetensors file read tensor by tensor, or a block of rows at a time, with plain file reads.
+
+    Not memory-mapped: mapped pages count in the process's RSS while the file is open,
+    which would double the peak of a load. Opening checks the header, and that every
+    tensor lies inside the file, before anything is read.
+    """
+
+    _NUMPY = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I8": np.int8, "I32": np.int32,
+              "I64": np.int64, "U8": np.uint8}
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with open_safetensors(self.path):
+            pass
+        with open(self.path, "rb") as f:
+            size = struct.unpack("<Q", f.read(8))[0]
+            header = json.loads(f.read(size))
+        header.pop("__metadata__", None)
+        for name, info in header.items():
+            if info["dtype"] not in self._NUMPY:
+                raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
+        self.header, self.data_start = header, 8 + size
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.header)
+
+    def shape(self, name: str) -> tuple:
+        return tuple(self.header[name]["shape"])
+
+    def dtype(self, name: str) -> str:
+        """The safetensors dtype: F32, F16, BF16, I8, ..."""
+        return self.header[name]["dtype"]
+
+    def rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows [start, stop) of the first axis (all of them by default), as stored (BF16 as uint16 bits)."""
+        info = self.header[name]
+        shape = info["shape"] or [1]
+        stop = shape[0] if stop is None else stop
+        dtype = np.dtype(self._NUMPY[info["dtype"]])
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        with open(self.path, "rb") as f:
+            f.seek(self.data_start + info["data_offsets"][0] + start * row_bytes)
+            array = np.fromfile(f, dtype=dtype, count=(stop - start) * row_bytes // dtype.itemsize)
+        return array.reshape([stop - start, *shape[1:]] if info["shape"] else [])
+
+    def float_rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """`rows` as float32."""
+        array = self.rows(name, start, stop)
+        return bfloat16_to_float32(array) if self.dtype(name) == "BF16" else array.astype(np.float32, copy=False)
+
+
 def read_config(model_dir: Path) -> dict:
     config_path = model_dir / CONFIG_FILE
     if not config_path.is_file():
@@ -127,8 +192,49 @@ def read_config(model_dir: Path) -> dict:
     if config.get("model_type") not in ("codegen", "codegeex"):
         raise CheckpointError(f"{config_path}: model_type must be 'codegen' or 'codegeex', "
                               f"got {config.get('model_type')!r}")
+    if config.get(WEIGHT_FORMAT, "float32") not in ("float32", "float16", "bfloat16", "int8"):
+        raise CheckpointError(f"{config_path}: {WEIGHT_FORMAT} must be float32, float16, bfloat16 or int8, "
+                              f"got {config[WEIGHT_FORMAT]!r}")
     checked_config(config, config_path)
     return config
+
+
+def weight_format(config: dict) -> str:
+    """The format a checkpoint's weights were converted to (float32: as the source stored them)."""
+    return config.get(WEIGHT_FORMAT, "float32")
+
+
+def int8_linear_names(model) -> list[str]:
+    """The Linears an int8 checkpoint stores as int8 rows: all but the LM head, whose int8
+    rounding would reach the logits unsmoothed (CodeGeeX's head is its tied embedding)."""
+    import paddle.nn as nn
+    return [name for name, layer in model.named_sublayers() if isinstance(layer, nn.Linear) and name != "lm_head"]
+
+
+def expected_tensors(model, fmt: str) -> dict:
+    """Name -> shape of the tensors a checkpoint of `model` in format `fmt` holds: the state dict, with
+    each int8 Linear as `NAME.weight` [out, in] int8 and `NAME.weight_scale` [out] float32."""
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    if fmt == "int8":
+        for name in int8_linear_names(model):
+            fan_in, fan_out = expected[f"{name}.weight"]
+            expected[f"{name}.weight"] = (fan_out, fan_in)
+            expected[f"{name}.weight_scale"] = (fan_out,)
+    return expected
+
+
+def check_tensors(weights: "SafetensorsFile", expected: dict, where: str) -> None:
+    """Every expected tensor, with its shape, and no other: before any data is read."""
+    names = set(weights.names)
+    missing, unexpected = sorted(set(expected) - names), sorted(names - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{weights.path} does not match {where}: "
+                         f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    for name, shape in expected.items():
+        if weights.shape(name) != tuple(shape):
+            raise ValueError(f"{weights.path}: {name} has shape {list(weights.shape(name))}, "
+                             f"{where} expects {list(shape)}")
 
 
 def checked_config(raw: dict, where: Path):
@@ -148,32 +254,27 @@ def build_model(config: dict):
 
 
 def load_model(name_or_path, dtype: str = "float32"):
-    """Load a converted checkpoint; weights are copied into the model one tensor at a time."""
+    """Load a converted checkpoint as a float model (for training and as the reference of the
+    inference paths); weights are read into the model one tensor at a time."""
     import paddle
 
     model_dir = resolve_model_dir(name_or_path)
     config = read_config(model_dir)
-    weights = model_dir / WEIGHTS_FILE
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found: the checkpoint in {model_dir} is incomplete")
+    if weight_format(config) == "int8":
+        raise ValueError(f"{model_dir} holds int8 weights (codegen convert --quantize int8): it is for "
+                         f"inference (Predictor, Taskflow, codegen generate); train from the float checkpoint")
+    weights_path = model_dir / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{weights_path} not found: the checkpoint in {model_dir} is incomplete")
+    weights = SafetensorsFile(weights_path)
     with paddle.LazyGuard():
         model = build_model(config)
-    expected = model.state_dict()
-    with open_safetensors(weights) as reader:
-        names = set(reader.keys())
-        missing = sorted(set(expected) - names)
-        unexpected = sorted(names - set(expected))
-        if missing or unexpected:
-            raise ValueError(f"{weights} does not match {config['model_type']} config in {model_dir / CONFIG_FILE}: "
-                             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-        for name, param in expected.items():
-            array = reader.get_tensor(name)
-            if list(array.shape) != list(param.shape):
-                raise ValueError(f"{weights}: {name} has shape {list(array.shape)}, "
-                                 f"the config expects {list(param.shape)}")
-            param.initialize()
-            param.set_value(array.astype("float32"))
+    state = model.state_dict()
+    check_tensors(weights, expected_tensors(model, "float32"),
+                  f"the {config['model_type']} config in {model_dir / CONFIG_FILE}")
+    for name, param in state.items():
+        param.initialize()
+        param.set_value(cast_rows(lambda a, b, n=name: weights.float_rows(n, a, b), param.shape, "float32"))
     if dtype != "float32":
         model.to(dtype=dtype)
     model.eval()
@@ -251,9 +352,18 @@ def detect_format(src: Path) -> str:
                      f"or pytorch_model.bin, PaddleNLP model_state.pdparams, or CodeGeeX .pt files)")
 
 
-def convert(src, dst, config_path=None) -> Path:
-    """Convert a checkpoint at `src` into our format at `dst`; returns `dst`."""
+def convert(src, dst, config_path=None, quantize: str | None = None, dtype: str | None = None) -> Path:
+    """Convert a checkpoint at `src` into our format at `dst`; returns `dst`.
+
+    `quantize="int8"` stores the Linears as int8 rows with their scales; `dtype` ("fp16" or
+    "bf16") stores every weight in that format. `src` may be one of our own (float) checkpoints.
+    """
     src, dst = Path(src), Path(dst)
+    if quantize not in (None, "int8"):
+        raise ValueError(f"--quantize must be int8, got {quantize!r}")
+    if quantize and dtype:
+        raise ValueError("give --quantize int8 or --dtype, not both: a checkpoint holds one weight format")
+    fmt = "int8" if quantize else format_name(dtype) if dtype else None
     kind = detect_format(src)
     if kind == "huggingface":
         config, tensors = _huggingface_codegen(src)
@@ -262,15 +372,73 @@ def convert(src, dst, config_path=None) -> Path:
     elif kind == "codegeex":
         config, tensors = _codegeex(src, config_path)
     else:
-        raise ValueError(f"{src} is already in codegen's format")
-    _write_converted(config, tensors, src if src.is_dir() else src.parent, dst)
+        config, tensors = _ours(src, fmt)
+    _write_converted(config, tensors, src if src.is_dir() else src.parent, dst, fmt)
     return dst
 
 
-def _write_converted(config: dict, tensors: list, src_dir: Path, dst: Path):
+def _ours(src: Path, fmt: str | None):
+    config = read_config(src)
+    stored = weight_format(config)
+    if fmt is None:
+        raise ValueError(f"{src} is already in codegen's format (give --quantize int8 or --dtype to change "
+                         f"the format of its weights)")
+    if stored == "int8":
+        raise ValueError(f"{src} already holds int8 weights; convert from the float checkpoint it was made from")
+    weights = SafetensorsFile(src / WEIGHTS_FILE)
+    config = {k: v for k, v in config.items() if k not in ("format", WEIGHT_FORMAT)}
+    # float32 whatever they are stored as (BF16 has no numpy dtype)
+    tensors = [(name, weights.shape(name), np.float16 if weights.dtype(name) == "F16" else np.float32,
+                (lambda n=name: weights.float_rows(n) if weights.dtype(n) == "BF16" else weights.rows(n)))
+               for name in weights.names]
+    return config, tensors
+
+
+def _in_format(model, tensors: list, fmt: str) -> list:
+    """Conversion entries with the weights in `fmt`; each entry still loads its source tensor when due."""
+    if fmt != "int8":
+        dtype = {"float32": np.float32, "float16": np.float16, "bfloat16": BF16}[fmt]
+        return [(name, shape, dtype, (lambda load=load, shape=shape: cast_rows(_float_rows(load()), shape, fmt)))
+                for name, shape, _, load in tensors]
+    int8 = {f"{name}.weight" for name in int8_linear_names(model)}
+    entries = []
+    for name, shape, dtype, load in tensors:
+        if name not in int8:
+            entries.append((name, shape, dtype, load))
+            continue
+        packed = _Int8Linear(load, shape)
+        entries.append((name, shape[::-1], np.int8, packed.weight))
+        entries.append((f"{name}_scale", shape[1:], np.float32, packed.scale))
+    return entries
+
+
+def _float_rows(array: np.ndarray):
+    return lambda start, stop: array[start:stop].astype(np.float32)
+
+
+class _Int8Linear:
+    """One Linear weight quantized when its int8 rows are due; its scales, written right after, come along."""
+
+    def __init__(self, load, shape):
+        self.load, self.shape, self._scale = load, shape, None
+
+    def weight(self) -> np.ndarray:
+        packed, self._scale = pack_linear(_float_rows(self.load()), self.shape, "int8")
+        return packed
+
+    def scale(self) -> np.ndarray:
+        if self._scale is None:
+            self.weight()
+        scale, self._scale = self._scale, None
+        return scale
+
+
+def _write_converted(config: dict, tensors: list, src_dir: Path, dst: Path, fmt: str | None = None):
     from .tokenizer import load_tokenizer
-    model = build_model_shapes(config)
-    expected = {name: tuple(shape) for name, shape in model.items()}
+    import paddle
+    with paddle.LazyGuard():
+        lazy_model = build_model(config)
+    expected = {name: tuple(p.shape) for name, p in lazy_model.state_dict().items()}
     got = {name: tuple(shape) for name, shape, _, _ in tensors}
     if set(expected) != set(got):
         missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
@@ -280,20 +448,15 @@ def _write_converted(config: dict, tensors: list, src_dir: Path, dst: Path):
         if got[name] != shape:
             raise ValueError(f"checkpoint tensor {name} has shape {list(got[name])}, "
                              f"the config implies {list(shape)}")
+    if fmt is not None:
+        tensors = _in_format(lazy_model, tensors, fmt)
+        config = {**config, WEIGHT_FORMAT: fmt}
     dst.mkdir(parents=True, exist_ok=True)
     write_safetensors(dst / WEIGHTS_FILE, tensors)
     _write_config(dst, config)
     has_own_tokenizer = (src_dir / "tokenizer_config.json").is_file() and \
         "family" in read_json(src_dir / "tokenizer_config.json")
     load_tokenizer(src_dir if has_own_tokenizer else config["model_type"]).save(dst)
-
-
-def build_model_shapes(config: dict) -> dict:
-    """Parameter name -> shape for a config, without allocating weights."""
-    import paddle
-    with paddle.LazyGuard():
-        model = build_model(config)
-    return {name: p.shape for name, p in model.state_dict().items()}
 
 
 def _codegen_config_from(raw: dict, where: Path) -> dict:

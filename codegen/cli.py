@@ -5,6 +5,23 @@ import argparse
 import sys
 
 
+def add_load_arguments(parser) -> None:
+    """The options of every command that loads a model, as `Predictor` takes them."""
+    parser.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: gpu if available)")
+    parser.add_argument("--quantize", default=None, choices=["int8"],
+                        help="int8 weights (quantized while loading, unless the checkpoint already is)")
+    parser.add_argument("--use-fp16-decoding", action="store_true",
+                        help="fp16 weights (on CPU read at half the bytes with fp32 arithmetic; on GPU all fp16)")
+    parser.add_argument("--use-fast", action=argparse.BooleanOptionalAction, default=None,
+                        help="the fused CPU kernels (default: when they build here)")
+
+
+def load_options(args) -> dict:
+    """`Predictor`'s keyword arguments from `add_load_arguments`' flags."""
+    return dict(device=args.device, quantize=args.quantize, use_fast=args.use_fast,
+                use_fp16_decoding=args.use_fp16_decoding)
+
+
 def _generate(args):
     from .generation import GenerationConfig
     from .predictor import Predictor
@@ -21,7 +38,7 @@ def _generate(args):
         # the tag tells CodeGeeX the language; the output shows the prompt as given
         from .languages import with_language_tag
         prompt = with_language_tag(text, args.language)
-    predictor = Predictor(args.model, device=args.device, quantize=args.quantize, use_fast=args.use_fast)
+    predictor = Predictor(args.model, **load_options(args))
     if args.stream and args.num_return_sequences == 1 and args.decode_strategy != "beam_search":
         sys.stdout.write(text)
         for event in predictor.stream([(prompt, config)]):
@@ -39,13 +56,13 @@ def _translate(args):
     source = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
     flow = Taskflow("code_translation", model=args.model, source_language=args.source,
                     target_language=args.target, target_prefix=args.target_prefix, max_length=args.max_length,
-                    device=args.device, quantize=args.quantize)
+                    **load_options(args))
     sys.stdout.write(flow(source)[0] + "\n")
 
 
 def _convert(args):
     from .checkpoints import convert
-    dst = convert(args.src, args.dst, config_path=args.config)
+    dst = convert(args.src, args.dst, config_path=args.config, quantize=args.quantize, dtype=args.dtype)
     print(f"converted {args.src} -> {dst}")
 
 
@@ -97,10 +114,7 @@ def _add_generate(sub):
     p.add_argument("--language", default=None, help="start the prompt with CodeGeeX's tag for this language "
                    "(e.g. C++, Go, Python)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: gpu if available)")
-    p.add_argument("--quantize", default=None, choices=["int8"])
-    p.add_argument("--use-fast", action=argparse.BooleanOptionalAction, default=None,
-                   help="the compiled fast path (default: when available)")
+    add_load_arguments(p)
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.set_defaults(func=_generate)
 
@@ -114,16 +128,24 @@ def _add_translate(sub):
     p.add_argument("--model", default=None, help="converted checkpoint directory or public name (a CodeGeeX "
                    "model translates; default: the small model shipped in the package)")
     p.add_argument("--max-length", type=int, default=512, help="maximum number of new tokens")
-    p.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: gpu if available)")
-    p.add_argument("--quantize", default=None, choices=["int8"])
+    add_load_arguments(p)
     p.set_defaults(func=_translate)
 
 
 def _add_convert(sub):
-    p = sub.add_parser("convert", help="convert a Hugging Face, PaddleNLP or CodeGeeX checkpoint")
-    p.add_argument("src", help="checkpoint directory or CodeGeeX .pt file")
+    p = sub.add_parser("convert", help="convert a Hugging Face, PaddleNLP or CodeGeeX checkpoint",
+                       description="Convert a checkpoint into codegen's format, one tensor at a time. With "
+                       "--quantize int8 or --dtype the weights are stored in that format, and loading them does "
+                       "no conversion (SRC may then also be a checkpoint converted before).")
+    p.add_argument("src", help="checkpoint directory, CodeGeeX .pt file, or a float checkpoint of ours")
     p.add_argument("dst", help="output directory")
     p.add_argument("--config", default=None, help="CodeGeeX hyper-parameters JSON for non-13B checkpoints")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--quantize", default=None, choices=["int8"],
+                     help="store the transformer Linears as int8 rows with one float32 scale each "
+                     "(NAME.weight_scale); the LM head, embeddings and LayerNorms keep their dtype")
+    fmt.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
+                     help="store every weight in this format (bf16 as safetensors BF16)")
     p.set_defaults(func=_convert)
 
 

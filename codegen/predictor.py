@@ -57,14 +57,14 @@ class Predictor:
                  quantize: str | None = None, use_fast: bool | None = None, use_fp16_decoding: bool = False,
                  prompt_cache_entries: int = 0, prompt_cache_mb: int | None = None):
         from .checkpoints import resolve_model_dir
-        from .models.fast import load_for_inference
+        from .inference import load_for_inference
         from .tokenizer import load_tokenizer
 
         self.device = pick_device(device)
         self.model_dir = resolve_model_dir(model or DEFAULT_MODEL)
         self.tokenizer = load_tokenizer(self.model_dir)
         self.model = load_for_inference(self.model_dir, quantize=quantize, use_fast=use_fast,
-                                        use_fp16_decoding=use_fp16_decoding)
+                                        use_fp16_decoding=use_fp16_decoding, device=self.device)
         self.model_config = self.model.config
         self.context_length = self.model_config.max_position_embeddings
         self.name = str(model or DEFAULT_MODEL)

@@ -1,7 +1,9 @@
 """Shared fixtures: small models saved in codegen's format, made at test time, torch files written by
 hand, and the 2-rank training launch."""
+import json
 import math
 import pickle
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -122,3 +124,35 @@ def write_torch_file(path: Path, graph, storages: dict | None = None, compress: 
             archive.writestr(f"archive/data/{key}", data,
                              compress_type=zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED)
     return path
+
+
+# ---- peak memory of a step, in its own interpreter ------------------------------------
+
+# Each step imports what it needs first, so the figures are the step's own growth.
+# A thread samples anonymous RSS: ru_maxrss would also count the pages of the
+# memory-mapped safetensors file that loading reads, which are page cache.
+MEASURE_RSS = """
+import json, resource, sys, threading
+def anon():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+peak = [0]
+def sample(stop=threading.Event()):
+    while not stop.wait(0.005):
+        peak[0] = max(peak[0], anon())
+{imports}
+before = anon()
+threading.Thread(target=sample, daemon=True).start()
+{step}
+peak[0] = max(peak[0], anon())
+maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({{"before": before, "peak": peak[0], "maxrss": maxrss, **figures}}))
+"""
+
+
+def run_measured(script: str, *args) -> dict:
+    """Run `script` (a MEASURE_RSS) in a fresh interpreter; the figures it prints."""
+    result = subprocess.run([sys.executable, "-c", script, *map(str, args)], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

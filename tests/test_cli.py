@@ -96,3 +96,41 @@ def test_translate_runs_the_code_translation_task(tiny_model_dir, tmp_path):
     assert out.stdout == expected + "\n" and out.stdout.startswith("func add(a int, b int) int {\n")
     missing = codegen("translate", "--source", "python", "--target", "go", tmp_path / "nope.py")
     assert missing.returncode == 2 and "nope.py" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_convert_quantize_int8_generates_what_quantizing_at_load_does(tmp_path):
+    assert "--quantize {int8}" in codegen("convert", "--help").stdout
+    for args in ([tmp_path / "m"], [tmp_path / "int8", "--quantize", "int8"]):
+        converted = codegen("convert", FIXTURES / "hf-codegen-tiny", *args)
+        assert converted.returncode == 0, converted.stderr
+    at_load = codegen("generate", "def fib(n):", "--model", tmp_path / "m", "--max-length", 8, "--quantize", "int8")
+    converted = codegen("generate", "def fib(n):", "--model", tmp_path / "int8", "--max-length", 8)
+    assert at_load.returncode == converted.returncode == 0, converted.stderr
+    assert converted.stdout == at_load.stdout
+
+
+def test_every_command_that_loads_a_model_takes_the_same_load_options(monkeypatch, tmp_path, tiny_model_dir):
+    import pytest
+    import codegen.predictor
+    import codegen.taskflow
+    from codegen.cli import main
+
+    class Loaded(Exception):
+        pass
+
+    def fake_predictor(model, **options):
+        raise Loaded(options)
+
+    monkeypatch.setattr(codegen.predictor, "Predictor", fake_predictor)
+    monkeypatch.setattr(codegen.taskflow, "Predictor", fake_predictor)  # bound at its import
+    (tmp_path / "a.py").write_text("x = 1\n")
+    flags = ["--model", tiny_model_dir, "--quantize", "int8", "--use-fp16-decoding", "--no-use-fast",
+             "--device", "cpu"]
+    commands = [["generate", "x"], ["translate", tmp_path / "a.py", "--source", "python", "--target", "go"],
+                ["eval", "humaneval", "--output", tmp_path / "out", "--limit", "1"],
+                ["eval", "perplexity", tmp_path / "a.py"]]
+    for command in commands:
+        with pytest.raises(Loaded) as loaded:
+            main([*map(str, command), *map(str, flags)])
+        assert loaded.value.args[0] == {"device": "cpu", "quantize": "int8", "use_fast": False,
+                                        "use_fp16_decoding": True}, command

@@ -9,7 +9,7 @@ import paddle
 import pytest
 
 from codegen.checkpoints import convert, load_model
-from codegen.models.quantize import WeightOnlyLinear, quantize_linears
+from codegen.inference.quantize import WeightOnlyLinear, quantize_linears
 
 FIXTURES = Path(__file__).parent / "fixtures" / "codegeex"
 REFERENCE = np.load(FIXTURES / "codegeex-tiny-a.npz")

@@ -12,14 +12,12 @@ import io
 import json
 import pickle
 import struct
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
+from conftest import MEASURE_RSS, run_measured
 
-REPO = Path(__file__).resolve().parents[1]
 HIDDEN, HEADS, VOCAB, POSITIONS = 5120, 40, 1024, 64
 _STORAGES = {np.dtype(np.float16): "HalfStorage", np.dtype(np.float32): "FloatStorage"}
 
@@ -122,41 +120,14 @@ def synthetic_checkpoint(path: Path, standard_layers: int) -> int:
     return total
 
 
-# Each step imports what it needs first, so the figures are the step's own growth.
-# A thread samples anonymous RSS: ru_maxrss would also count the pages of the
-# memory-mapped safetensors file that loading reads, which are page cache.
-_MEASURE = """
-import json, resource, sys, threading
-def anon():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
-peak = [0]
-def sample(stop=threading.Event()):
-    while not stop.wait(0.005):
-        peak[0] = max(peak[0], anon())
-{imports}
-before = anon()
-threading.Thread(target=sample, daemon=True).start()
-{step}
-peak[0] = max(peak[0], anon())
-maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({{"before": before, "peak": peak[0], "maxrss": maxrss, **figures}}))
-"""
-_CONVERT = _MEASURE.format(
+_CONVERT = MEASURE_RSS.format(
     imports="from codegen.checkpoints import convert\nfrom codegen.tokenizer import load_tokenizer\n"
             "import paddle\nload_tokenizer('codegeex')",
     step="convert(sys.argv[1], sys.argv[2], config_path=sys.argv[3])\nfigures = {}")
-_LOAD = _MEASURE.format(
+_LOAD = MEASURE_RSS.format(
     imports="import paddle\nfrom codegen.checkpoints import load_model",
     step="model = load_model(sys.argv[1])\n"
          "figures = {'params_bytes': sum(p.numel().item() * 4 for p in model.parameters())}")
-
-
-def _run(script: str, *args) -> dict:
-    result = subprocess.run([sys.executable, "-c", script, *map(str, args)], cwd=REPO,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def measure(directory: Path, standard_layers: int, load: bool) -> dict:
@@ -168,11 +139,11 @@ def measure(directory: Path, standard_layers: int, load: bool) -> dict:
                                   "num_attention_heads": HEADS, "padded_vocab_size": VOCAB,
                                   "max_position_embeddings": POSITIONS}))
     dst = directory / "converted"
-    converted = _run(_CONVERT, src, dst, config)
+    converted = run_measured(_CONVERT, src, dst, config)
     src.unlink()  # disk: one copy of the weights at a time
     figures.update(convert_growth=converted["peak"] - converted["before"], convert_maxrss=converted["maxrss"])
     if load:
-        loaded = _run(_LOAD, dst)
+        loaded = run_measured(_LOAD, dst)
         figures.update(load_growth=loaded["peak"] - loaded["before"], load_maxrss=loaded["maxrss"],
                        fp32_params_bytes=loaded["params_bytes"])
     return figures

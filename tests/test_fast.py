@@ -13,9 +13,10 @@ import pytest
 
 from codegen import kernels
 from codegen.models.codegen import CodeGenConfig, CodeGenForCausalLM
-from codegen.models.fast import (FastCodeGenForCausalLM, load_fast, make_fast, prepare_for_inference,
-                                 use_fp16_gpu_attention)
-from codegen.models.quantize import WeightOnlyLinear, quantize_linears
+from codegen.checkpoints import load_model, save_model
+from codegen.inference import load_for_inference
+from codegen.inference.fast import FastCodeGenForCausalLM, make_fast, use_fp16_gpu_attention
+from codegen.inference.quantize import WeightOnlyLinear, quantize_linears
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(vocab_size=512, n_positions=256, n_embd=128, n_layer=2, n_head=8, rotary_dim=8)
@@ -251,9 +252,9 @@ def test_low_precision_decoding_agrees_with_fp32_teacher_forced():
 # ---- flags, fp16, fallback, loading --------------------------------------------------------
 
 @needs_kernels
-def test_use_fp16_decoding_on_cpu_keeps_fp16_weights_and_fp32_logits():
+def test_use_fp16_decoding_on_cpu_keeps_fp16_weights_and_fp32_logits(tmp_path):
     plain = small_model()
-    fast = prepare_for_inference(copy_of(plain), use_fp16_decoding=True)
+    fast = load_for_inference(save_model(plain, tmp_path / "model"), use_fp16_decoding=True)
     assert isinstance(fast, FastCodeGenForCausalLM)
     linears = [layer for layer in fast.sublayers() if isinstance(layer, WeightOnlyLinear)]
     assert linears and all(layer.weight.dtype == paddle.float16 for layer in linears)
@@ -267,20 +268,21 @@ def test_use_fp16_decoding_on_cpu_keeps_fp16_weights_and_fp32_logits():
     assert step.shape == [2, 1, plain.config.vocab_size]
 
 
-def test_prepare_for_inference_flags():
-    assert prepare_for_inference(small_model(), use_fast=False).__class__ is CodeGenForCausalLM
-    plain_int8 = prepare_for_inference(small_model(), quantize="int8", use_fast=False)
+def test_load_for_inference_flags(tmp_path):
+    directory = save_model(small_model(), tmp_path / "model")
+    assert load_for_inference(directory, use_fast=False).__class__ is CodeGenForCausalLM
+    plain_int8 = load_for_inference(directory, quantize="int8", use_fast=False)
     assert isinstance(plain_int8.transformer.h[0].mlp.fc_in, WeightOnlyLinear)
     assert isinstance(plain_int8.lm_head, paddle.nn.Linear)
     with pytest.raises(ValueError, match="quantize"):
-        prepare_for_inference(small_model(), quantize="int4")
+        load_for_inference(directory, quantize="int4")
 
 
 @needs_kernels
-def test_use_faster_is_an_alias_and_fast_is_the_default():
-    assert isinstance(prepare_for_inference(small_model()), FastCodeGenForCausalLM)
-    assert isinstance(prepare_for_inference(small_model(), use_faster=True), FastCodeGenForCausalLM)
-    assert not isinstance(prepare_for_inference(small_model(), use_faster=False), FastCodeGenForCausalLM)
+def test_fast_is_the_default(tmp_path):
+    directory = save_model(small_model(), tmp_path / "model")
+    assert isinstance(load_for_inference(directory), FastCodeGenForCausalLM)
+    assert isinstance(load_for_inference(directory, use_fast=True), FastCodeGenForCausalLM)
 
 
 def test_fused_attention_path_matches_the_plain_attention():
@@ -319,16 +321,31 @@ def test_a_failed_build_falls_back_to_the_plain_path_with_one_warning(monkeypatc
         assert kernels.load() is None
         model = small_model()
         assert make_fast(model, "int8") is model
-        assert prepare_for_inference(small_model(), quantize="int8").__class__ is CodeGenForCausalLM
+        directory = save_model(small_model(), tmp_path / "model")
+        assert load_for_inference(directory, quantize="int8").__class__ is CodeGenForCausalLM
     assert len([w for w in caught if "fast CPU kernels are unavailable" in str(w.message)]) == 1
 
 
+def converted_after_loading(directory, quantize=None, use_fp16_decoding=False, use_fast=None):
+    """What loading straight into the final format must equal: the fp32 model, converted in memory
+    by the kernels' own packing (make_fast) or by `quantize_linears`."""
+    model = load_model(directory)
+    fmt = "int8" if quantize else "fp16" if use_fp16_decoding else "fp32"
+    if use_fast is False:
+        return quantize_linears(model, fmt, skip=["lm_head"]) if fmt != "fp32" else model
+    return make_fast(model, fmt)
+
+
 @needs_kernels
-def test_load_fast_reads_a_checkpoint_into_the_fast_model(tmp_path):
-    from codegen.checkpoints import load_model, save_model
+@pytest.mark.parametrize("flags", [{}, {"quantize": "int8"}, {"use_fp16_decoding": True}, {"use_fast": False},
+                                   {"quantize": "int8", "use_fast": False},
+                                   {"use_fp16_decoding": True, "use_fast": False}])
+def test_load_for_inference_reads_straight_into_what_converting_the_fp32_model_makes(tmp_path, flags):
     directory = save_model(small_model(), tmp_path / "model")
-    loaded = load_fast(directory, "int8")
-    converted = make_fast(load_model(directory), "int8")
+    loaded = load_for_inference(directory, **flags)
+    converted = converted_after_loading(directory, **flags)
+    assert type(loaded) is type(converted)
+    assert isinstance(loaded, FastCodeGenForCausalLM) == (flags.get("use_fast") is not False)
     ids, mask = padded_batch()
     with paddle.no_grad():
         a = loaded(ids, mask, loaded.new_cache(2, 16))
@@ -336,24 +353,4 @@ def test_load_fast_reads_a_checkpoint_into_the_fast_model(tmp_path):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
     (directory / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
     with pytest.raises(ValueError, match="does not match"):
-        load_fast(directory, "int8")
-
-
-@needs_kernels
-@pytest.mark.parametrize("flags", [{}, {"quantize": "int8"}, {"use_fp16_decoding": True}, {"use_fast": False},
-                                   {"quantize": "int8", "use_fast": False}])
-def test_load_for_inference_reads_straight_into_what_prepare_for_inference_makes(tmp_path, flags):
-    from codegen.checkpoints import load_model, save_model
-    from codegen.models.fast import load_for_inference
-    directory = save_model(small_model(), tmp_path / "model")
-    loaded = load_for_inference(directory, **flags)
-    prepared = prepare_for_inference(load_model(directory), **flags)
-    assert type(loaded) is type(prepared)
-    assert isinstance(loaded, FastCodeGenForCausalLM) == (flags.get("use_fast") is not False)
-    ids, mask = padded_batch()
-    with paddle.no_grad():
-        a = loaded(ids, mask, loaded.new_cache(2, 16))
-        b = prepared(ids, mask, prepared.new_cache(2, 16))
-    np.testing.assert_array_equal(a.numpy(), b.numpy())
-    with pytest.raises(ValueError, match="quantize"):
-        load_for_inference(directory, quantize="int4")
+        load_for_inference(directory, **flags)

@@ -667,7 +667,7 @@ def test_request_fields_override_the_servers_decoding_defaults():
 def test_use_faster_and_use_fp16_decoding_pick_the_weights(model_dir):
     import paddle
     from codegen.models.codegen import CodeGenForCausalLM
-    from codegen.models.fast import FastCodeGenForCausalLM
+    from codegen.inference.fast import FastCodeGenForCausalLM
     plain = load_predictor(Settings(model=str(model_dir), use_faster=False, use_fp16_decoding=False))
     assert type(plain.model) is CodeGenForCausalLM and plain.model.lm_head.weight.dtype == paddle.float32
     fast = load_predictor(Settings(model=str(model_dir)))

@@ -57,12 +57,13 @@ def add_eval_subcommands(subparsers) -> argparse.ArgumentParser:
     _add_execution(p)
     p.set_defaults(func=_translate)
 
+    from ..cli import add_load_arguments
     p = sub.add_parser("perplexity", help="per-language perplexity on code files")
     p.add_argument("paths", nargs="+", help="code files or directories (language from the extension)")
     p.add_argument("--model", required=True, help="converted checkpoint directory or public name")
     p.add_argument("--window", type=int, default=None, help="tokens per forward pass (default: the model's context)")
     p.add_argument("--stride", type=int, default=None, help="new tokens scored per window (default: window / 2)")
-    p.add_argument("--device", default=None)
+    add_load_arguments(p)
     p.add_argument("--output", default=None, help="also write the scores to this JSON file")
     p.set_defaults(func=_perplexity)
 
@@ -100,6 +101,7 @@ def _add_source(p):
 
 
 def _add_generation(p):
+    from ..cli import add_load_arguments
     g = p.add_argument_group("generation (with --model)")
     g.add_argument("-n", "--num-samples", type=int, default=1, help="samples per problem")
     g.add_argument("--temperature", type=float, default=0.8)
@@ -111,7 +113,7 @@ def _add_generation(p):
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--language-tag", action="store_true",
                    help="start prompts with CodeGeeX's language line, e.g. '# language: Python'")
-    g.add_argument("--device", default=None, help="cpu, gpu or gpu:N")
+    add_load_arguments(g)
 
 
 def _add_execution(p):
@@ -279,8 +281,9 @@ def _generation_config(args):
 
 
 def _load_predictor(args):
+    from ..cli import load_options
     from ..predictor import Predictor
-    return Predictor(args.model, device=args.device)
+    return Predictor(args.model, **load_options(args))
 
 
 if __name__ == "__main__":

@@ -17,19 +17,14 @@ The returned model keeps the `model(input_ids, attention_mask, cache)` and
 """
 from __future__ import annotations
 
-import warnings
-
-import json
 import math
-import struct
-from pathlib import Path
 
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .cache import KVCache
-from .codegen import MP_NUM, CodeGenAttention, CodeGenForCausalLM
+from ..models.cache import KVCache
+from ..models.codegen import MP_NUM, CodeGenAttention, CodeGenForCausalLM
 from .quantize import WeightOnlyLinear, quantize_linears, weight_dtype_name
 
 class FastCodeGenForCausalLM(nn.Layer):
@@ -119,67 +114,6 @@ def make_fast(model: CodeGenForCausalLM, weight_dtype: str = "fp32", head_dtype:
     return FastCodeGenForCausalLM(model, kernels)
 
 
-def load_fast(name_or_path, weight_dtype: str = "fp32", head_dtype: str | None = None):
-    """`make_fast(load_model(name_or_path), ...)` with a peak memory near the final model's.
-
-    Each Linear is converted as soon as its weights are read, and tensors are
-    read with plain file reads: a memory-mapped checkpoint counts in the
-    process's RSS while it is open, which would double the peak. Falls back to
-    the plain model (after load()'s warning) if the kernels cannot be built.
-    """
-    from ..checkpoints import (WEIGHTS_FILE, build_model, load_model, open_safetensors, read_config,
-                               resolve_model_dir)
-    from ..kernels import load
-
-    model_dir = resolve_model_dir(name_or_path)
-    config = read_config(model_dir)
-    if config["model_type"] != "codegen":
-        raise ValueError(f"{model_dir}: load_fast supports CodeGen checkpoints, not {config['model_type']!r}")
-    weight_dtype = weight_dtype_name(weight_dtype)
-    head_dtype = _head_dtype(weight_dtype, head_dtype)
-    kernels = load()
-    if kernels is None:
-        return load_model(model_dir)
-    weights = model_dir / WEIGHTS_FILE
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found: the checkpoint in {model_dir} is incomplete")
-    with open_safetensors(weights):
-        pass  # opening checks the header, and that every tensor lies inside the file, before we read any
-    read = _tensor_reader(weights)
-    with paddle.LazyGuard():
-        model = build_model(config)
-    expected = {name: list(t.shape) for name, t in model.state_dict().items()}
-    if set(expected) != set(read.names):
-        missing, unexpected = sorted(set(expected) - set(read.names)), sorted(set(read.names) - set(expected))
-        raise ValueError(f"{weights} does not match the config in {model_dir}: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-    for name, shape in expected.items():
-        if read.shape(name) != shape:
-            raise ValueError(f"{weights}: {name} has shape {read.shape(name)}, the config expects {shape}")
-    for name, layer in list(model.named_sublayers()):
-        if isinstance(layer, nn.Linear):
-            # straight from the file into the packed format: the fp32 Linear is never built
-            bias = read(f"{name}.bias") if layer.bias is not None else None
-            weight, scale = kernels.pack_weight(_shared_tensor(read(f"{name}.weight")),
-                                                head_dtype if name == "lm_head" else weight_dtype)
-            parent_name, _, attr = name.rpartition(".")
-            parent = model.get_sublayer(parent_name) if parent_name else model
-            setattr(parent, attr, WeightOnlyLinear(weight, scale if weight.dtype == paddle.int8 else None,
-                                                   paddle.to_tensor(bias) if bias is not None else None))
-            continue
-        for param_name, param in layer.named_parameters(include_sublayers=False):
-            param.initialize()
-            param.set_value(read(f"{name}.{param_name}"))
-    _release_freed_memory()
-    model.eval()
-    return FastCodeGenForCausalLM(model, kernels)
-
-
-def _shared_tensor(array):
-    # a zero-copy view: a second copy of the largest weight would set the peak memory
-    return paddle.utils.dlpack.from_dlpack(array)
-
-
 def _release_freed_memory():
     """Hand the heap's freed pages back to the OS (glibc keeps them after many mid-size frees)."""
     import ctypes
@@ -187,40 +121,6 @@ def _release_freed_memory():
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-class _tensor_reader:
-    """Reads named tensors from a safetensors file one at a time, without mapping it."""
-
-    _DTYPES = {"F32": "float32", "F16": "float16", "BF16": "uint16", "I8": "int8", "I32": "int32", "I64": "int64",
-               "U8": "uint8"}
-
-    def __init__(self, path: Path):
-        self.path = path
-        try:
-            with open(path, "rb") as f:
-                size = struct.unpack("<Q", f.read(8))[0]
-                header = json.loads(f.read(size))
-        except (OSError, struct.error, ValueError) as e:
-            raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
-        header.pop("__metadata__", None)
-        self.header, self.data_start = header, 8 + size
-        self.names = list(header)
-
-    def shape(self, name: str) -> list[int]:
-        return list(self.header[name]["shape"])
-
-    def __call__(self, name: str):
-        import numpy as np
-        info = self.header[name]
-        if info["dtype"] not in self._DTYPES:
-            raise ValueError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        dtype = np.dtype(self._DTYPES[info["dtype"]])
-        with open(self.path, "rb") as f:
-            f.seek(self.data_start + start)
-            array = np.fromfile(f, dtype=dtype, count=(end - start) // dtype.itemsize)
-        return array.reshape(info["shape"]).astype("float32", copy=False)
 
 
 # ---- GPU: fp16 with fused attention ------------------------------------------------
@@ -248,7 +148,7 @@ class FP16GPUAttention(CodeGenAttention):
         return self.out_proj(out.reshape([out.shape[0], out.shape[1], c.n_embd]))
 
     def _rotate(self, t, sin, cos):
-        from .codegen import apply_rotary
+        from ..models.codegen import apply_rotary
         r = self.config.rotary_dim
         rotated = apply_rotary(t[..., :r].astype("float32"), sin, cos).astype(t.dtype)
         return paddle.concat([rotated, t[..., r:]], axis=-1) if r < self.config.head_dim else rotated
@@ -260,10 +160,7 @@ def use_fp16_gpu_attention(model: CodeGenForCausalLM, dtype: str = "float16") ->
     Meant for GPU (where SDPA is flash attention); on CPU it runs too, as a
     reference for the arithmetic. Logits still come back float32.
     """
-    for block in model.transformer.h:
-        fused = FP16GPUAttention(model.config)
-        fused.qkv_proj, fused.out_proj = block.attn.qkv_proj, block.attn.out_proj
-        block.attn = fused
+    use_sdpa_attention(model)
     model.to(dtype=dtype)
     # rotary angles and LayerNorm statistics stay fp32: fp16 positions above 2048 lose precision
     model.rotary_sin = model.rotary_sin.astype("float32")
@@ -271,63 +168,10 @@ def use_fp16_gpu_attention(model: CodeGenForCausalLM, dtype: str = "float16") ->
     return model
 
 
-# ---- choosing the path -------------------------------------------------------------
-
-def prepare_for_inference(model: CodeGenForCausalLM, *, quantize: str | None = None, use_fast: bool | None = None,
-                          use_faster: bool | None = None, use_fp16_decoding: bool = False):
-    """The model to generate with, given the user's flags (PaddleNLP names accepted).
-
-    - quantize="int8": weight-only int8 on every transformer Linear (not the LM head).
-    - use_fp16_decoding: fp16 weights; on CPU read by the kernels at half the bytes
-      (fp32 arithmetic), on GPU the whole decoder in fp16 with fused attention.
-    - use_fast (alias use_faster; default: on when the kernels build): the fused CPU path.
-    """
-    if quantize not in (None, "int8"):
-        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
-    if use_fast is None:
-        use_fast = use_faster
-    if not isinstance(model, CodeGenForCausalLM):
-        # CodeGeeX: weight-only int8 through the same Linear; the fused kernels are CodeGen's
-        if use_fast or use_fp16_decoding:
-            warnings.warn(f"the fast path and use_fp16_decoding support CodeGen only; "
-                          f"{type(model).__name__} runs on the plain path", stacklevel=2)
-        if quantize:
-            quantize_linears(model, quantize)
-        return model
-    on_gpu = not model.lm_head.weight.place.is_cpu_place()
-    if on_gpu:
-        if use_fp16_decoding:
-            use_fp16_gpu_attention(model)
-        if quantize:
-            quantize_linears(model, quantize, skip=["lm_head"])
-        return model
-    weight_dtype = "int8" if quantize else "fp16" if use_fp16_decoding else "fp32"
-    if use_fast is not False:
-        fast = make_fast(model, weight_dtype)
-        if fast is not model:
-            return fast
-    # the plain path (asked for, or the kernels did not build: load() has warned)
-    if weight_dtype != "fp32":
-        quantize_linears(model, weight_dtype, skip=["lm_head"])
+def use_sdpa_attention(model: CodeGenForCausalLM) -> CodeGenForCausalLM:
+    """Route `model`'s attention through `FP16GPUAttention`, in place, keeping its weights as they are."""
+    for block in model.transformer.h:
+        fused = FP16GPUAttention(model.config)
+        fused.qkv_proj, fused.out_proj = block.attn.qkv_proj, block.attn.out_proj
+        block.attn = fused
     return model
-
-
-def load_for_inference(model_dir, *, quantize: str | None = None, use_fast: bool | None = None,
-                       use_fp16_decoding: bool = False):
-    """`prepare_for_inference(load_model(model_dir), ...)`, reading a CodeGen checkpoint straight into the
-    fast CPU model when that is where it ends up, so loading peaks near the final model's memory rather
-    than the fp32 model's plus the mapped file."""
-    from ..checkpoints import load_model, read_config, resolve_model_dir
-
-    if quantize not in (None, "int8"):
-        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
-    model_dir = resolve_model_dir(model_dir)
-    direct = (use_fast is not False and paddle.get_device() == "cpu"
-              and read_config(model_dir)["model_type"] == "codegen")
-    model = load_model(model_dir) if not direct else load_fast(
-        model_dir, "int8" if quantize else "fp16" if use_fp16_decoding else "fp32")
-    if isinstance(model, FastCodeGenForCausalLM):
-        return model
-    # not CodeGen, not on CPU, the plain path asked for, or the kernels did not build (load() has warned)
-    return prepare_for_inference(model, quantize=quantize, use_fast=False if direct else use_fast,
-                                 use_fp16_decoding=use_fp16_decoding)

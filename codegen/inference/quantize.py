@@ -16,21 +16,7 @@ from typing import Iterable
 import paddle
 import paddle.nn as nn
 
-# accepted spellings -> paddle dtype names
-WEIGHT_DTYPES = {
-    "int8": "int8",
-    "bf16": "bfloat16", "bfloat16": "bfloat16",
-    "fp16": "float16", "float16": "float16",
-    "fp32": "float32", "float32": "float32",
-}
-
-
-def weight_dtype_name(dtype: str) -> str:
-    """Paddle's name for a weight dtype spelling ('int8', 'bf16', 'fp16', 'fp32', ...)."""
-    try:
-        return WEIGHT_DTYPES[str(dtype).replace("paddle.", "")]
-    except KeyError:
-        raise ValueError(f"weight dtype must be one of {sorted(WEIGHT_DTYPES)}, got {dtype!r}") from None
+from ..weight_formats import format_name as weight_dtype_name
 
 
 def quantize_int8_rows(weight_out_in: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:

@@ -3,7 +3,10 @@
 The first use of the kernels may compile them (~20 s, then cached under
 $CODEGEN_HOME/kernels).
 """
+import os
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -514,3 +517,14 @@ def test_load_for_inference_reads_straight_into_what_prepare_for_inference_makes
     np.testing.assert_array_equal(a.numpy(), b.numpy())
     with pytest.raises(ValueError, match="quantize"):
         load_for_inference(directory, quantize="int4")
+
+
+@pytest.mark.parametrize("env,expected", [({}, "1000"), ({"GOMP_SPINCOUNT": "50"}, "50"),
+                                          ({"OMP_WAIT_POLICY": "active"}, None)])
+def test_importing_codegen_bounds_how_long_openmp_threads_spin(env, expected):
+    # libgomp reads it when `import paddle` loads it, so codegen must set it first
+    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    code = "import codegen, os, sys; sys.stdout.write(str(os.environ.get('GOMP_SPINCOUNT')))"
+    done = subprocess.run([sys.executable, "-c", code], env={**clean, **env, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, check=True)
+    assert done.stdout == str(expected)

@@ -32,9 +32,10 @@ own streaming loop, the transformers side with torch.sum; CTranslate2 has none
 Prefill's compute roofline: the multiply-adds of the 1,024-token prompt (every
 Linear of the blocks, the causal attention, the LM head for one row) x 2 over
 the peak of 2 cores: clock (/proc/cpuinfo) x ops per cycle per core, assuming
-two 512-bit multiply-add ports: int8 VNNI 256 (2 x vpdpbusd, 64 multiply-adds),
-bf16 128 (2 x vdpbf16ps), fp32 64 (2 x vfmadd, 16 lanes). int8 weights are
-measured against the int8 peak, bf16/fp16 against bf16, fp32 against fp32.
+one 512-bit instruction a cycle for vpdpbusd and vfmadd and half that for
+vdpbf16ps (a loop of independent ones ran at 0.8, 0.8 and 0.35 a cycle on this
+shared machine): int8 128 ops (64 multiply-adds), fp32 32, bf16 32. int8 weights
+are measured against the int8 peak, bf16/fp16 against bf16, fp32 against fp32.
 
 --beside-generator runs every case a second time while another process (our
 int8 model) generates in a loop, and reports decode and the Copilot-shaped
@@ -219,7 +220,7 @@ def roofline(result: dict, weight_bytes: int, config, new_tokens: int, kv_itemsi
             "roofline_ms": round(bound_ms, 2), "roofline_pct": round(100 * bound_ms / result["decode_ms_per_token"], 1)}
 
 
-OPS_PER_CYCLE = {"int8": 256, "bf16": 128, "fp16": 128, "fp32": 64}  # per core; see the module docstring
+OPS_PER_CYCLE = {"int8": 128, "bf16": 32, "fp16": 32, "fp32": 32}  # per core; see the module docstring
 
 
 def cpu_hz() -> float:

@@ -215,6 +215,10 @@ void tile(const float* x, int64_t ldx, const float* panel, int64_t depth, float*
     }
   }
   for (int r = 0; r < R; ++r) {
+    if constexpr (V == 2) {  // AVX-512: masked stores (attention's short K makes a scalar epilogue show)
+      store_masked(y + r * ldy, acc[r][0], acc[r][1], cols, accumulate);
+      continue;
+    }
     float out[kPanel];
     for (int v = 0; v < V; ++v) store(out + v * kLanes, acc[r][v]);
     float* yr = y + r * ldy;

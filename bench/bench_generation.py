@@ -346,7 +346,8 @@ def ctranslate2_side(args) -> dict:
     import ctranslate2
     import numpy as np
 
-    generator = ctranslate2.Generator(str(args.work / "ct2"), device="cpu", compute_type=args.dtype,
+    compute_type = {"int8": "int8", "fp32": "float32"}[args.dtype]
+    generator = ctranslate2.Generator(str(args.work / "ct2"), device="cpu", compute_type=compute_type,
                                       intra_threads=2, inter_threads=1)
     names = [f"t{i}" for i in range(50295 + 1000)]
 

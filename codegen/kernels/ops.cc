@@ -7,7 +7,9 @@
 //   codegen_read_bandwidth      sums a buffer with all threads, prefetching as the matvecs do:
 //                               the memory roofline probe
 //
-// Threads: OpenMP, as many as omp_get_max_threads() (OMP_NUM_THREADS).
+// Threads: OpenMP, as many as omp_get_max_threads() (OMP_NUM_THREADS; libgomp's default
+// is the CPUs this process may run on). A decode step of a layer has three barriers, a
+// prompt's seven; how long threads spin at them before sleeping: codegen/__init__.py.
 #include <omp.h>
 
 #include <algorithm>
@@ -442,7 +444,8 @@ void attend_head_blocked(const LayerShape& s, int64_t b, int64_t h, const float*
 // What one block's step reads and writes; the buffers are [tokens, width] fp32.
 struct LayerArgs {
   const LayerShape& s;
-  const float *x, *y;
+  const float* x;
+  float* y;
   const float *ln_weight, *ln_bias;
   float eps;
   const WeightMatrix &qkv_w, &out_w, &in_w, &fc_out_w;
@@ -467,7 +470,6 @@ void gelu_row(float* p, const float* bias, int64_t n) {
 void decode_layer(const LayerArgs& a) {
   const LayerShape& s = a.s;
   const int64_t tokens = s.tokens();
-  float* y = const_cast<float*>(a.y);
 #pragma omp parallel
   {
     // every thread normalises the few rows and rounds them for int8 weights itself: a few
@@ -514,7 +516,7 @@ void decode_layer(const LayerArgs& a) {
       for (int64_t m = 0; m < tokens; ++m)
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t i = m * s.embd + r;
-          y[i] = a.x[i] + a.proj[i] + a.mlp[i] + a.out_bias[r];
+          a.y[i] = a.x[i] + a.proj[i] + a.mlp[i] + a.out_bias[r];
         }
     }
   }
@@ -525,7 +527,6 @@ void decode_layer(const LayerArgs& a) {
 void prefill_layer(const LayerArgs& a) {
   const LayerShape& s = a.s;
   const int64_t tokens = s.tokens();
-  float* y = const_cast<float*>(a.y);
   std::vector<float> normed(tokens * s.embd);
   kern::GemmInput normed_in(normed.data(), tokens, s.embd, {&a.qkv_w, &a.in_w}),
       attn_in(a.attn, tokens, s.embd, {&a.out_w}), inner_in(a.inner, tokens, s.inner, {&a.fc_out_w});
@@ -566,7 +567,7 @@ void prefill_layer(const LayerArgs& a) {
         kern::gemm_panel(a.fc_out_w, inner_in, a.mlp, s.embd, p - out_panels, panel.data());
     }
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < tokens * s.embd; ++i) y[i] = a.x[i] + a.proj[i] + a.mlp[i] + a.out_bias[i % s.embd];
+    for (int64_t i = 0; i < tokens * s.embd; ++i) a.y[i] = a.x[i] + a.proj[i] + a.mlp[i] + a.out_bias[i % s.embd];
   }
 }
 

@@ -71,8 +71,7 @@ def test_the_kernels_build_and_load_here():
 @needs_kernels
 @pytest.mark.parametrize("dtype", ["int8", "bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("rows", [1, 3, 43])  # 1 and 3 take the matrix-vector kernel, 43 the GEMM
-def test_weight_only_linear_computes_with_its_stored_weights(prefill_kernels, dtype, rows):
-    prefill_kernels.use_reduced_precision_prefill(False)  # the fp32 GEMM; the others are tested below
+def test_weight_only_linear_computes_with_its_stored_weights(dtype, rows):
     paddle.seed(1)
     linear = paddle.nn.Linear(200, 75)  # 200 is not a multiple of the vector width: tails run too
     layer = WeightOnlyLinear.from_linear(linear, dtype)
@@ -92,9 +91,18 @@ def test_float_formats_round_each_weight_to_nearest(dtype, tolerance):
 
 
 # ---- the prefill GEMMs ------------------------------------------------------------------------
-# Over kMatvecMaxRows (16) activation rows a Linear runs the GEMM: for int8 weights the u8 x s8
-# kernel (AVX512-VNNI), for bf16/fp16 weights the bf16 one (AVX512-BF16) where the CPU has them,
-# else the fp32 one. Each is checked against numpy doing the same arithmetic.
+# Over 16 activation rows a prompt's Linears run the GEMM: for int8 weights the u8 x s8 kernel
+# (AVX512-VNNI), for bf16/fp16 weights the bf16 one (AVX512-BF16) where the CPU has them, else
+# the fp32 one. Each is checked against numpy doing the same arithmetic.
+
+@needs_kernels
+def test_a_linear_alone_keeps_its_activations_fp32():
+    # weight-only, as CodeGeeX's int8 promises: the prompt GEMMs' activation rounding is opt-in
+    layer = WeightOnlyLinear.from_linear(paddle.nn.Linear(300, 70, bias_attr=False), "int8")
+    x = paddle.randn([40, 300])
+    np.testing.assert_allclose(layer(x).numpy(), x.numpy() @ dequantized(layer).T, rtol=1e-4, atol=1e-4)
+    if kernels.load().prefill_kernels()["int8"] == "int8-vnni":
+        assert np.abs(prompt_gemm(layer, x) - layer(x).numpy()).max() > 1e-3
 
 def quantized_rows_u8(x: np.ndarray, group: int = 512) -> np.ndarray:
     """x as the int8 GEMM sees it: each row's runs of `group` columns on 256 levels from
@@ -113,6 +121,12 @@ def rounded_to_bf16(x: np.ndarray) -> np.ndarray:
     bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
     bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16  # round to nearest even
     return bits.astype(np.uint32).view(np.float32)
+
+
+def prompt_gemm(layer: WeightOnlyLinear, x) -> np.ndarray:
+    """x @ the layer's weight^T through the GEMM a prompt takes in the decoder layer."""
+    return kernels.load().weight_only_linear(x, layer.weight, layer.weight_scale, None,
+                                             reduced_precision=True).numpy()
 
 
 def gemm_reference(layer: WeightOnlyLinear, x: np.ndarray, kernel: str) -> np.ndarray:
@@ -135,7 +149,7 @@ def test_prefill_gemm_matches_numpy_doing_the_same_arithmetic(prefill_kernels, d
     x = paddle.randn([rows, k]) * paddle.exp(paddle.randn([rows, 1]))  # rows of very different sizes
     x[:, 0] += 3.0  # a skewed range: the zero point is not in the middle
     kernel = prefill_kernels.prefill_kernels()[dtype]
-    got = layer(x).numpy()
+    got = prompt_gemm(layer, x)
     expected = gemm_reference(layer, x.numpy(), kernel)
     # float sums in another order; a u8 code may round the other way at an exact half
     slack = np.abs(x.numpy()).max(1, keepdims=True) / 255 * np.abs(dequantized(layer)).max() * 2
@@ -150,8 +164,8 @@ def test_the_fp32_prefill_gemm_is_the_fallback_for_every_format(prefill_kernels,
     x = paddle.randn([40, 300])
     prefill_kernels.use_reduced_precision_prefill(False)
     assert prefill_kernels.prefill_kernels()[dtype] == "fp32"
-    got = layer(x).numpy()
-    np.testing.assert_allclose(got, x.numpy() @ dequantized(layer).T + layer.bias.numpy(), rtol=1e-4, atol=1e-4)
+    got = prompt_gemm(layer, x)
+    np.testing.assert_allclose(got, x.numpy() @ dequantized(layer).T, rtol=1e-4, atol=1e-4)
 
 
 def test_the_reduced_precision_gemms_run_where_the_cpu_has_them():
@@ -174,7 +188,7 @@ def test_prefill_gemm_extreme_and_constant_rows(prefill_kernels, dtype):
         layer.weight_scale.set_value(paddle.full([3], 0.5))
     rows = np.stack([np.full(k, 1e4), np.zeros(k), np.full(k, -3.0), np.where(np.arange(k) % 2, 1e4, -1e4)] * 5)
     rows = rows.astype(np.float32)  # all-zero and constant rows, every activation at its row's extreme
-    got = layer(paddle.to_tensor(rows)).numpy()
+    got = prompt_gemm(layer, paddle.to_tensor(rows))
     w = dequantized(layer).astype(np.float64)
     exact = rows.astype(np.float64) @ w.T
     # each activation is off by at most one u8 level (int8) or half a bf16 step (2^-8 relative)

@@ -86,9 +86,13 @@ class Kernels:
         on where the CPU has them. Process-wide; meant for comparisons."""
         self._c.codegen_prefill_kernels(1 if enabled else 0)
 
-    def weight_only_linear(self, x, weight, scale=None, bias=None):
-        """x [..., in] fp32 @ weight [out, in]^T (* scale per row) + bias -> [..., out] fp32."""
-        return self._run("codegen_weight_only_linear", x, weight, scale, bias)[0]
+    def weight_only_linear(self, x, weight, scale=None, bias=None, reduced_precision: bool = False):
+        """x [..., in] fp32 @ weight [out, in]^T (* scale per row) + bias -> [..., out] fp32.
+
+        With `reduced_precision`, more than 16 rows of x take the GEMM a prompt takes in the
+        decoder layer (x as u8 for int8 weights, as bf16 for bf16/fp16 ones, where the CPU can);
+        otherwise x stays fp32: the weights alone are reduced."""
+        return self._run("codegen_weight_only_linear", x, weight, scale, bias, reduced_precision)[0]
 
     def dequantize(self, weight, scale=None):
         """weight [out, in] of any stored format (* scale per row) as fp32 [out, in]."""

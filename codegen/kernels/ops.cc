@@ -1,6 +1,7 @@
 // Paddle custom operators for fast CPU inference.
 //
 //   codegen_weight_only_linear  y = x @ W^T * scale + bias, W stored fp32/bf16/fp16/int8
+//                               (x stays fp32 unless reduced_precision: then as a prompt's GEMMs)
 //   codegen_dequantize          W * scale as fp32, for large batches that go to paddle.matmul
 //   codegen_pack_weight         a paddle.nn.Linear weight [in, out] -> [out, in] int8/bf16/fp16/fp32
 //   codegen_decoder_layer       one whole CodeGen block for a few new tokens, KV cache in place
@@ -68,7 +69,7 @@ constexpr int64_t kMatvecMaxRows = 16;
 
 std::vector<paddle::Tensor> WeightOnlyLinear(const paddle::Tensor& x, const paddle::Tensor& weight,
                                              const paddle::optional<paddle::Tensor>& scale,
-                                             const paddle::optional<paddle::Tensor>& bias) {
+                                             const paddle::optional<paddle::Tensor>& bias, bool reduced_precision) {
   check_float32(x, "x");
   const WeightMatrix w = weight_matrix(weight, scale, "weight");
   const int64_t k = x.shape().back();
@@ -92,7 +93,10 @@ std::vector<paddle::Tensor> WeightOnlyLinear(const paddle::Tensor& x, const padd
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t c = 0; c < chunks.count(); ++c) kern::matvec_rows(w, in, yp, w.rows, chunks.begin(c), chunks.end(c));
   } else {
-    kern::GemmInput in(xp, num_x, k, {&w});
+    // alone, the Linear is weight-only (CodeGeeX's int8 promises exactly that): its activations
+    // stay fp32 unless asked; the decoder layer's prompt GEMMs do quantise them
+    kern::GemmInput in =
+        reduced_precision ? kern::GemmInput(xp, num_x, k, {&w}) : kern::GemmInput(xp, num_x, k, {});
 #pragma omp parallel
     {
       std::vector<float> scratch(kern::kPanelScratchFloats);
@@ -686,6 +690,7 @@ int codegen_prefill_kernels(int enable) {
 PD_BUILD_OP(codegen_weight_only_linear)
     .Inputs({"X", "Weight", paddle::Optional("Scale"), paddle::Optional("Bias")})
     .Outputs({"Out"})
+    .Attrs({"reduced_precision: bool"})
     .SetKernelFn(PD_KERNEL(WeightOnlyLinear))
     .SetInferShapeFn(PD_INFER_SHAPE(WeightOnlyLinearShape));
 

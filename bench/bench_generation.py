@@ -33,8 +33,9 @@ Prefill's compute roofline: the multiply-adds of the 1,024-token prompt (every
 Linear of the blocks, the causal attention, the LM head for one row) x 2 over
 the peak of 2 cores: clock (/proc/cpuinfo) x ops per cycle per core, assuming
 one 512-bit instruction a cycle for vpdpbusd and vfmadd and half that for
-vdpbf16ps (a loop of independent ones ran at 0.8, 0.8 and 0.35 a cycle on this
-shared machine): int8 128 ops (64 multiply-adds), fp32 32, bf16 32. int8 weights
+vdpbf16ps (an assumption: loops of independent ones on a busy machine ran at
+0.35-0.8 a cycle, which says more about the load than the CPU): int8 128 ops
+(64 multiply-adds), fp32 32, bf16 32. int8 weights
 are measured against the int8 peak, bf16/fp16 against bf16, fp32 against fp32.
 
 --beside-generator runs every case a second time while another process (our
@@ -407,8 +408,8 @@ def run_case(case: str, args) -> dict:
 def machine() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in subprocess.run(
         ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")), "?")
-    return {"cpu": model, "cores": os.cpu_count(), "clock_mhz": round(cpu_hz() / 1e6), "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M"), "load_avg": os.getloadavg()}
+    return {"cpu": model, "cores": os.cpu_count(), "clock_mhz": round(cpu_hz() / 1e6),
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M"), "load_avg": os.getloadavg()}
 
 
 def merge_best(runs: list[dict]) -> dict:

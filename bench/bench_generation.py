@@ -1,31 +1,51 @@
-"""Generation speed on CPU: codegen's fast path against Hugging Face transformers on PyTorch.
+"""Generation speed on CPU: codegen's fast path against CTranslate2 and Hugging Face transformers.
 
-    .venv/bin/python bench/bench_generation.py [--cases ours-int8,ours-bf16,...] [--rounds 2]
+    CODEGEN_HOME=/tmp/cghome .venv/bin/python bench/bench_generation.py --beside-generator
 
-Both sides load the same random codegen-350M-mono weights (CodeGenConfig()
+All sides load the same random codegen-350M-mono weights (CodeGenConfig()
 defaults, written once into --work in our format and converted to Hugging
-Face's: Linear weights transposed) and run the same hand-written greedy loop
-with a KV cache, batch 1 and 4, 64-token prompts and a fixed number of new
-tokens, with the libraries' default threads (both cores). The prompt's forward
-computes the logits of its last position only, as generation does on both sides
-(transformers' generate passes logits_to_keep=1), and our cache holds exactly
-prompt + new tokens (transformers' grows to that). Each case is its own
-process (peak RSS and cold start are per process); the transformers side runs
-under /tmp/refvenv/bin/python. Every measurement inside a worker is repeated
-(--repeats) and the best counts; --rounds repeats whole cases alternately and
-the best round counts: the machine is shared, and the least disturbed run is the
-one that says what the code can do.
+Face's: Linear weights transposed; CTranslate2's converter reads that copy) and
+run the same hand-written greedy loop with a KV cache, with 2 threads (both
+cores). The prompt's forward computes the logits of its last position only, as
+generation does on all sides (transformers' generate passes logits_to_keep=1),
+and our cache holds exactly prompt + new tokens (transformers' grows to that).
+CTranslate2 steps through `Generator.generate_tokens` (batch 1 only: it has no
+stepwise batch API). Each case is its own process (peak RSS and cold start are
+per process). Every measurement inside a worker is repeated (--repeats) and the
+best counts; --rounds repeats whole cases alternately and the best round counts:
+the machine is shared, and the least disturbed run is the one that says what the
+code can do.
 
 Each case prints one JSON line: decode ms/token (batch 1), prefill seconds for
-64- and 1,024-token prompts, tokens/s at batch 1 and 4, peak RSS, cold start
-(process start to the first generated token), and the memory roofline: bytes
-read per decoded token (weights + KV cache) over the memory bandwidth: the
-median of reads of the token embeddings (210 MB: resident already, so the probe
-adds nothing to the RSS) taken every 16 steps of the same decode run, outside the
-timed steps. Our side reads with the kernels' own streaming loop (both threads,
-software prefetch into L2: the fastest read we know here), the transformers side
-with torch.sum.
+64-, 1,024- and 2,048-token prompts, a Copilot-shaped request (1,500 prompt
+tokens, 32 new: time to first token and total), tokens/s at batch 1 and 4, peak
+RSS, cold start (process start to the first generated token), the memory
+roofline of decoding and the compute roofline of the 1,024-token prefill.
 
+Decode's memory roofline: bytes read per decoded token (weights + KV cache) over
+the memory bandwidth: the median of reads of the token embeddings (210 MB:
+resident already, so the probe adds nothing to the RSS) taken every 16 steps of
+the same decode run, outside the timed steps. Our side reads with the kernels'
+own streaming loop, the transformers side with torch.sum; CTranslate2 has none
+(nothing reads memory the way it does that we could call).
+
+Prefill's compute roofline: the multiply-adds of the 1,024-token prompt (every
+Linear of the blocks, the causal attention, the LM head for one row) x 2 over
+the peak of 2 cores: clock (/proc/cpuinfo) x ops per cycle per core, assuming
+one 512-bit instruction a cycle for vpdpbusd and vfmadd and half that for
+vdpbf16ps (an assumption: loops of independent ones on a busy machine ran at
+0.35-0.8 a cycle, which says more about the load than the CPU): int8 128 ops
+(64 multiply-adds), fp32 32, bf16 32. int8 weights
+are measured against the int8 peak, bf16/fp16 against bf16, fp32 against fp32.
+
+--beside-generator runs every case a second time while another process (our
+int8 model) generates in a loop, and reports decode and the Copilot-shaped
+request beside it and their ratio to the idle run.
+
+CTranslate2, torch and transformers are development-only (not in
+requirements.txt) and live in a venv of their own ($BENCH_REF_PYTHON, default
+/tmp/refvenv/bin/python): python3.11 -m venv /tmp/refvenv && /tmp/refvenv/bin/pip
+install ctranslate2==4.8.5 torch==2.13.0 transformers==5.23.0 numpy==1.26.4.
 This file's top level imports nothing heavy, so either interpreter can run it.
 """
 from __future__ import annotations
@@ -42,10 +62,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-REF_PYTHON = "/tmp/refvenv/bin/python"
-OURS_DTYPES = ("fp32", "bf16", "fp16", "int8", "plain")
-HF_DTYPES = ("fp32", "bf16")
-DEFAULT_CASES = "ours-int8,ours-bf16,ours-fp16,ours-fp32,ours-plain,hf-fp32,hf-bf16"
+# the interpreter with torch + transformers + ctranslate2: a venv of its own, because transformers
+# wants a newer huggingface-hub than paddlenlp's
+REF_PYTHON = os.environ.get("BENCH_REF_PYTHON", "/tmp/refvenv/bin/python")
+DTYPES = {"ours": ("fp32", "bf16", "fp16", "int8", "plain"), "hf": ("fp32", "bf16"), "ct2": ("int8", "fp32")}
+DEFAULT_CASES = "ours-int8,ct2-int8,ours-bf16,ours-fp16,ours-fp32,ct2-fp32,hf-fp32"
+COPILOT_PROMPT, COPILOT_NEW = 1500, 32
 HF_LINEARS = ("qkv_proj", "out_proj", "fc_in", "fc_out", "lm_head")
 
 
@@ -96,10 +118,28 @@ def prepare(work: Path) -> None:
     (hf / "config.json").write_text(json.dumps(hf_config, indent=1))
 
 
+def prepare_ct2(work: Path) -> None:
+    """work/ct2: the Hugging Face copy through CTranslate2's CodeGen converter (fp32; the
+    compute type, int8 or fp32, is chosen when loading). The converter wants a tokenizer for
+    the vocabulary: a word-level one naming token i "t{i}" stands in (ids are what we feed)."""
+    import ctranslate2
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    hf = work / "hf"
+    vocab_size = json.loads((hf / "config.json").read_text())["vocab_size"]
+    backend = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+    PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="t50256", eos_token="t50256",
+                            unk_token="t0").save_pretrained(str(hf))
+    ctranslate2.converters.TransformersConverter(str(hf)).convert(str(work / "ct2"), force=True)
+
+
 # ---- the measurements, written once for both sides ------------------------------------------
 
 class Side:
     """What a worker needs from its library: a forward with a cache, argmax, a clock."""
+
+    batches = (1, 4)  # the batch sizes it can step through
 
     def prefill(self, ids, new_tokens: int):  # -> (next token ids [batch], state)
         raise NotImplementedError
@@ -142,24 +182,28 @@ def read_rate(read, nbytes: int) -> float:
 def measure(side: Side, args, t_process_start: float, probe) -> dict:
     first_tokens, _ = side.prefill(prompts(1, 64), 1)
     result = {"cold_start_s": time.time() - t_process_start}
-    prefill_64 = [greedy(side, prompts(1, 64), 1)[0] for _ in range(args.repeats)]
-    prefill_1024 = [greedy(side, prompts(1, 1024), 1)[0] for _ in range(args.repeats)]
+    prefill = {n: best(greedy(side, prompts(1, n), 1)[0] for _ in range(args.repeats)) for n in (64, 1024, 2048)}
+    copilot = [greedy(side, prompts(1, COPILOT_PROMPT), COPILOT_NEW) for _ in range(args.repeats)]
     batch1, batch4 = [], []
     for _ in range(args.repeats):
         batch1.append(greedy(side, prompts(1, 64), args.new_tokens, probe))
-        batch4.append(greedy(side, prompts(4, 64), args.new_tokens))
+        if 4 in side.batches:
+            batch4.append(greedy(side, prompts(4, 64), args.new_tokens))
     n = args.new_tokens
     fastest = min(range(args.repeats), key=lambda i: batch1[i][1])
     decode_ms = batch1[fastest][1] / (n - 1) * 1000
-    result["bandwidth"] = statistics.median(batch1[fastest][3])
+    result["bandwidth"] = statistics.median(batch1[fastest][3]) if probe else None
     result.update({
         "decode_ms_per_token": round(decode_ms, 2),
         "decode_ms_per_token_median": round(sorted(run[1] for run in batch1)[len(batch1) // 2] / (n - 1) * 1000, 2),
-        "prefill_64_s": round(best(prefill_64), 3),
-        "prefill_1024_s": round(best(prefill_1024), 3),
+        "prefill_64_s": round(prefill[64], 3),
+        "prefill_1024_s": round(prefill[1024], 3),
+        "prefill_2048_s": round(prefill[2048], 3),
+        "copilot_first_token_s": round(best(run[0] for run in copilot), 3),
+        "copilot_total_s": round(best(run[0] + run[1] for run in copilot), 3),
         "tokens_per_s_batch1": round(n / best(run[0] + run[1] for run in batch1), 2),
-        "tokens_per_s_batch4": round(4 * n / best(run[0] + run[1] for run in batch4), 2),
-        "decode_tokens_per_s_batch4": round(4 * (n - 1) / best(run[1] for run in batch4), 2),
+        "tokens_per_s_batch4": round(4 * n / best(run[0] + run[1] for run in batch4), 2) if batch4 else None,
+        "decode_tokens_per_s_batch4": round(4 * (n - 1) / best(run[1] for run in batch4), 2) if batch4 else None,
         "peak_rss_mb": round(peak_rss_mb()),
         "greedy_tokens": batch1[0][2][0][:32],
     })
@@ -175,6 +219,31 @@ def roofline(result: dict, weight_bytes: int, config, new_tokens: int, kv_itemsi
     bound_ms = bytes_per_token / bandwidth * 1000
     return {"bytes_per_token_mb": round(bytes_per_token / 1e6, 1), "bandwidth_gbs": round(bandwidth / 1e9, 1),
             "roofline_ms": round(bound_ms, 2), "roofline_pct": round(100 * bound_ms / result["decode_ms_per_token"], 1)}
+
+
+OPS_PER_CYCLE = {"int8": 128, "bf16": 32, "fp16": 32, "fp32": 32}  # per core; see the module docstring
+
+
+def cpu_hz() -> float:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("cpu MHz"):
+            return float(line.split(":")[1]) * 1e6
+    raise RuntimeError("no clock in /proc/cpuinfo")
+
+
+def prefill_roofline(result: dict, config, dtype: str, tokens: int = 1024, cores: int = 2) -> dict:
+    """The 1,024-token prefill's share of the compute peak of its format."""
+    e, layers = config["n_embd"], config["n_layer"]
+    inner = config.get("n_inner") or 4 * e
+    linear = layers * (3 * e * e + e * e + 2 * e * inner) * tokens
+    attention = layers * 2 * (tokens * (tokens + 1) // 2) * e  # causal Q.K^T and P.V
+    head = e * config["vocab_size"]  # one row: last_only
+    ops = 2 * (linear + attention + head)
+    peak = cpu_hz() * OPS_PER_CYCLE[dtype] * cores
+    bound_s = ops / peak
+    return {"prefill_1024_tops": round(ops / 1e12, 3), "compute_peak_tops": round(peak / 1e12, 2),
+            "prefill_roofline_s": round(bound_s, 3),
+            "prefill_roofline_pct": round(100 * bound_s / result["prefill_1024_s"], 1)}
 
 
 def numpy_read_bandwidth() -> float:
@@ -193,6 +262,7 @@ def numpy_read_bandwidth() -> float:
 def ours(args) -> dict:
     t_start = args.t0
     sys.path.insert(0, str(REPO))
+    import codegen  # noqa: F401  before paddle: it sets how OpenMP threads wait
     import numpy as np
     import paddle
 
@@ -234,6 +304,8 @@ def ours(args) -> dict:
     weight_bytes = sum(t.numel().item() * t.element_size() for layer in linears
                        for t in (layer.weight, getattr(layer, "weight_scale", None), layer.bias) if t is not None)
     result.update(roofline(result, weight_bytes, model.config.to_dict(), args.new_tokens, kv_itemsize=4))
+    result.update(prefill_roofline(result, model.config.to_dict(), "fp32" if args.dtype == "plain" else args.dtype))
+    result["prefill_kernels"] = kernels.load().prefill_kernels() if args.dtype != "plain" else None
     result["numpy_1thread_gbs"] = round(numpy_read_bandwidth() / 1e9, 1)
     result["versions"] = {"paddle": paddle.__version__, "numpy": np.__version__}
     return result
@@ -270,8 +342,61 @@ def transformers_side(args) -> dict:
                        for m in model.modules() if isinstance(m, torch.nn.Linear))
     result.update(roofline(result, weight_bytes, model.config.to_dict(), args.new_tokens,
                            kv_itemsize=torch.finfo(dtype).bits // 8))
+    result.update(prefill_roofline(result, model.config.to_dict(), args.dtype))
     result["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
     return result
+
+
+# ---- the CTranslate2 side -----------------------------------------------------------------
+
+def ctranslate2_side(args) -> dict:
+    t_start = args.t0
+    import ctranslate2
+    import numpy as np
+
+    compute_type = {"int8": "int8", "fp32": "float32"}[args.dtype]
+    generator = ctranslate2.Generator(str(args.work / "ct2"), device="cpu", compute_type=compute_type,
+                                      intra_threads=2, inter_threads=1)
+    names = [f"t{i}" for i in range(50295 + 1000)]
+
+    class CT2(Side):
+        batches = (1,)
+
+        def prefill(self, ids, new_tokens):
+            # one generation per request, stepped: the first step is the prompt's forward
+            steps = generator.generate_tokens([names[i] for i in ids[0]], max_length=new_tokens,
+                                              min_length=new_tokens, sampling_topk=1)
+            return np.array([next(steps).token_id]), steps
+
+        def step(self, tokens, steps):
+            return np.array([next(steps).token_id]), steps
+
+    # no decode roofline: its weights are out of reach of a probe that reads like it does
+    result = measure(CT2(), args, t_start, probe=None)
+    result.pop("bandwidth")
+    result.update(prefill_roofline(result, json.loads((args.work / "hf" / "config.json").read_text()), args.dtype))
+    result["versions"] = {"ctranslate2": ctranslate2.__version__}
+    return result
+
+
+def generate_forever(args) -> None:
+    """The second codegen process of --beside-generator: our int8 model, greedy, 128 new tokens
+    from a 64-token prompt, in a loop until killed."""
+    sys.path.insert(0, str(REPO))
+    import codegen  # noqa: F401  before paddle, as in `ours`
+    import paddle
+
+    from codegen.inference import load_for_inference
+
+    model = load_for_inference(args.work / "ours", quantize="int8")
+    ids = paddle.to_tensor(prompts(1, 64), dtype="int64")
+    while True:
+        cache = model.new_cache(1, 64 + 128)
+        with paddle.no_grad():
+            logits = model(ids, None, cache, last_only=True)
+            for _ in range(127):
+                logits = model(logits[:, -1].argmax(-1, keepdim=True), None, cache)
+        print("generated", flush=True)
 
 
 # ---- the driver ---------------------------------------------------------------------------
@@ -290,58 +415,85 @@ def run_case(case: str, args) -> dict:
 def machine() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in subprocess.run(
         ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")), "?")
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M"), "load_avg": os.getloadavg()}
+    return {"cpu": model, "cores": os.cpu_count(), "clock_mhz": round(cpu_hz() / 1e6),
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M"), "load_avg": os.getloadavg()}
 
 
 def merge_best(runs: list[dict]) -> dict:
     """Per metric, the best of several rounds (lowest time, highest rate)."""
     merged = dict(runs[0])
-    lower = ("decode_ms_per_token", "decode_ms_per_token_median", "prefill_64_s", "prefill_1024_s",
-             "cold_start_s", "peak_rss_mb", "roofline_ms")
+    lower = ("decode_ms_per_token", "decode_ms_per_token_median", "prefill_64_s", "prefill_1024_s", "prefill_2048_s",
+             "copilot_first_token_s", "copilot_total_s", "cold_start_s", "peak_rss_mb")
     higher = ("tokens_per_s_batch1", "tokens_per_s_batch4", "decode_tokens_per_s_batch4")
     for key in lower:
         merged[key] = min(r[key] for r in runs)
     for key in higher:
-        merged[key] = max(r[key] for r in runs)
-    # the roofline share is the ratio within one run: take the round with the best decode
+        merged[key] = max((r[key] for r in runs), key=lambda v: -1 if v is None else v)
+    # a roofline share is the ratio within one run: take the round with the best time
     fastest = min(runs, key=lambda r: r["decode_ms_per_token"])
     for key in ("bandwidth_gbs", "roofline_ms", "roofline_pct"):
+        merged[key] = fastest.get(key)
+    fastest = min(runs, key=lambda r: r["prefill_1024_s"])
+    for key in ("prefill_roofline_s", "prefill_roofline_pct"):
         merged[key] = fastest[key]
     return merged
 
 
+class SecondGenerator:
+    """Another codegen process generating in a loop (our int8 model), for --beside-generator."""
+
+    def __init__(self, work: Path):
+        self._work = work
+
+    def __enter__(self):
+        self.process = subprocess.Popen([sys.executable, __file__, "--worker", "generate", "--work", str(self._work)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+        if not self.process.stdout.readline():  # its first generation: loaded and running
+            raise RuntimeError("the second generating process did not start")
+        return self
+
+    def __exit__(self, *exc):
+        self.process.kill()
+        self.process.wait()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default=DEFAULT_CASES, help="comma-separated: ours-{%s}, hf-{%s}"
-                        % ("|".join(OURS_DTYPES), "|".join(HF_DTYPES)))
+    parser.add_argument("--cases", default=DEFAULT_CASES, help="comma-separated: "
+                        + ", ".join(f"{side}-{{{'|'.join(dtypes)}}}" for side, dtypes in DTYPES.items()))
     parser.add_argument("--work", type=Path, default=Path("/tmp/codegen-bench-generation"),
                         help="where the random weights are written (reused if present)")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each measurement inside a case")
     parser.add_argument("--rounds", type=int, default=1, help="runs of every case, alternating")
-    parser.add_argument("--worker", choices=["prepare", "ours", "hf"], help=argparse.SUPPRESS)
+    parser.add_argument("--beside-generator", action="store_true",
+                        help="run every case once more beside a second process generating in a loop")
+    parser.add_argument("--worker", choices=["prepare", "prepare-ct2", "generate", "ours", "hf", "ct2"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
     parser.add_argument("--t0", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args.worker == "prepare":
-        prepare(args.work)
-        return
+    workers = {"prepare": lambda: prepare(args.work), "prepare-ct2": lambda: prepare_ct2(args.work),
+               "generate": lambda: generate_forever(args), "ours": lambda: print(json.dumps(ours(args))),
+               "hf": lambda: print(json.dumps(transformers_side(args))),
+               "ct2": lambda: print(json.dumps(ctranslate2_side(args)))}
     if args.worker:
-        result = ours(args) if args.worker == "ours" else transformers_side(args)
-        print(json.dumps(result))
+        workers[args.worker]()
         return
 
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     for case in cases:
         side, _, dtype = case.partition("-")
-        if not ((side == "ours" and dtype in OURS_DTYPES) or (side == "hf" and dtype in HF_DTYPES)):
-            raise SystemExit(f"unknown case {case!r}: use ours-{{{'|'.join(OURS_DTYPES)}}} or hf-{{{'|'.join(HF_DTYPES)}}}")
-    if any(c.startswith("hf-") for c in cases) and not Path(REF_PYTHON).exists():
-        raise SystemExit(f"{REF_PYTHON} not found: the transformers side needs torch + transformers there")
+        if dtype not in DTYPES.get(side, ()):
+            raise SystemExit(f"unknown case {case!r}: use " + ", ".join(
+                f"{s}-{{{'|'.join(d)}}}" for s, d in DTYPES.items()))
+    if any(not c.startswith("ours-") for c in cases) and not Path(REF_PYTHON).exists():
+        raise SystemExit(f"{REF_PYTHON} not found: CTranslate2 and transformers need their venv (see --help)")
     if not (args.work / "hf" / "model.safetensors").is_file():
         subprocess.run([sys.executable, __file__, "--worker", "prepare", "--work", str(args.work)], check=True)
+    if any(c.startswith("ct2-") for c in cases) and not (args.work / "ct2" / "model.bin").is_file():
+        subprocess.run([REF_PYTHON, __file__, "--worker", "prepare-ct2", "--work", str(args.work)], check=True)
     print(json.dumps({"machine": machine(), "new_tokens": args.new_tokens, "repeats": args.repeats,
                       "rounds": args.rounds}), flush=True)
     runs: dict[str, list[dict]] = {c: [] for c in cases}
@@ -350,6 +502,13 @@ def main():
             runs[case].append(run_case(case, args))
             # progress on stderr; the merged lines follow on stdout at the end
             print(json.dumps({"round": round_index, "case": case, **runs[case][-1]}), file=sys.stderr, flush=True)
+    beside: dict[str, dict] = {}
+    if args.beside_generator:
+        with SecondGenerator(args.work):
+            for case in cases:
+                beside[case] = run_case(case, args)
+                print(json.dumps({"beside_generator": True, "case": case, **beside[case]}), file=sys.stderr,
+                      flush=True)
     reference = runs["hf-fp32"][0]["greedy_tokens"] if "hf-fp32" in runs else None
     for case in cases:
         result = merge_best(runs[case])
@@ -358,7 +517,15 @@ def main():
             same = next((i for i, (a, b) in enumerate(zip(result["greedy_tokens"], reference)) if a != b),
                         len(reference))
             result["greedy_prefix_equal_to_hf_fp32"] = same
+        if case in beside:
+            loaded = beside[case]
+            result["beside_generator"] = {
+                key: loaded[key] for key in ("decode_ms_per_token", "prefill_1024_s", "copilot_total_s")}
+            result["beside_generator"].update({
+                f"{key}_x_idle": round(loaded[key] / result[key], 2)
+                for key in ("decode_ms_per_token", "prefill_1024_s", "copilot_total_s")})
         print(json.dumps({"case": case, **result, "load_avg_end": os.getloadavg()}), flush=True)
+
 
 if __name__ == "__main__":
     main()

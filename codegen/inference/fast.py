@@ -7,7 +7,10 @@ QKV and fc_in projections read in one pass, rotary, the KV-cache write and
 attention, then out_proj + fc_out + residual. Decoding is bound by reading the
 weights, so narrower weights are proportionally faster. Prompts run through
 the same operator, which switches to blocked GEMMs for many tokens (Paddle's
-own CPU matmul is several times slower on them).
+own CPU matmul is several times slower on them): int8 weights meet activations
+quantised per token to u8 (AVX512-VNNI), bf16/fp16 weights meet bf16
+activations (AVX512-BF16), where CPUID says the CPU has them; fp32 otherwise.
+Attention over a prompt goes by blocks of queries through the fp32 GEMM.
 
 On GPU, `use_fp16_decoding` instead runs the whole model in fp16 with Paddle's
 fused scaled-dot-product attention (`use_fp16_gpu_attention`).

@@ -10,6 +10,7 @@ and later processes only load it (well under a second).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import logging
@@ -22,7 +23,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 _HERE = Path(__file__).resolve().parent
-_SOURCES = ("ops.cc", "matvec.h", "simd.h")
+_SOURCES = ("ops.cc", "gemm.h", "matvec.h", "simd.h")
 _CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
 _LD_FLAGS = ["-fopenmp"]
 
@@ -70,10 +71,28 @@ class Kernels:
         load_op_meta_info_and_register_op(str(library))
         self._run = _C_ops._run_custom_op
         self.library = library
+        # the same handle the loader opened: its C entry points share the operators' state
+        self._c = ctypes.CDLL(str(library))
 
-    def weight_only_linear(self, x, weight, scale=None, bias=None):
-        """x [..., in] fp32 @ weight [out, in]^T (* scale per row) + bias -> [..., out] fp32."""
-        return self._run("codegen_weight_only_linear", x, weight, scale, bias)[0]
+    def prefill_kernels(self) -> dict:
+        """The GEMM each weight format's prefill uses here: 'int8-vnni' / 'bf16' (chosen by CPUID
+        at run time) or 'fp32' (the blocked fp32 kernel, on CPUs without the instructions)."""
+        bits = self._c.codegen_prefill_kernels(-1)
+        bf16 = "bf16" if bits & 2 else "fp32"
+        return {"int8": "int8-vnni" if bits & 1 else "fp32", "bf16": bf16, "fp16": bf16, "fp32": "fp32"}
+
+    def use_reduced_precision_prefill(self, enabled: bool) -> None:
+        """Turn the int8 and bf16 prefill GEMMs off (every format then takes the fp32 one) or back
+        on where the CPU has them. Process-wide; meant for comparisons."""
+        self._c.codegen_prefill_kernels(1 if enabled else 0)
+
+    def weight_only_linear(self, x, weight, scale=None, bias=None, reduced_precision: bool = False):
+        """x [..., in] fp32 @ weight [out, in]^T (* scale per row) + bias -> [..., out] fp32.
+
+        With `reduced_precision`, more than 16 rows of x take the GEMM a prompt takes in the
+        decoder layer (x as u8 for int8 weights, as bf16 for bf16/fp16 ones, where the CPU can);
+        otherwise x stays fp32: the weights alone are reduced."""
+        return self._run("codegen_weight_only_linear", x, weight, scale, bias, reduced_precision)[0]
 
     def dequantize(self, weight, scale=None):
         """weight [out, in] of any stored format (* scale per row) as fp32 [out, in]."""

@@ -33,6 +33,8 @@ struct WeightMatrix {
   const float* scale;  // per output row; int8 only
   int64_t rows;        // outputs
   int64_t cols;        // inputs
+  int64_t ld = 0;      // elements from one row to the next; 0: cols (attention's blocks set it)
+  int64_t stride() const { return ld ? ld : cols; }
 };
 
 struct F32 {

@@ -1,13 +1,16 @@
 // Paddle custom operators for fast CPU inference.
 //
 //   codegen_weight_only_linear  y = x @ W^T * scale + bias, W stored fp32/bf16/fp16/int8
+//                               (x stays fp32 unless reduced_precision: then as a prompt's GEMMs)
 //   codegen_dequantize          W * scale as fp32, for large batches that go to paddle.matmul
 //   codegen_pack_weight         a paddle.nn.Linear weight [in, out] -> [out, in] int8/bf16/fp16/fp32
 //   codegen_decoder_layer       one whole CodeGen block for a few new tokens, KV cache in place
 //   codegen_read_bandwidth      sums a buffer with all threads, prefetching as the matvecs do:
 //                               the memory roofline probe
 //
-// Threads: OpenMP, as many as omp_get_max_threads() (OMP_NUM_THREADS).
+// Threads: OpenMP, as many as omp_get_max_threads() (OMP_NUM_THREADS; libgomp's default
+// is the CPUs this process may run on). A decode step of a layer has three barriers, a
+// prompt's seven; how long threads spin at them before sleeping: codegen/__init__.py.
 #include <omp.h>
 
 #include <algorithm>
@@ -66,7 +69,7 @@ constexpr int64_t kMatvecMaxRows = 16;
 
 std::vector<paddle::Tensor> WeightOnlyLinear(const paddle::Tensor& x, const paddle::Tensor& weight,
                                              const paddle::optional<paddle::Tensor>& scale,
-                                             const paddle::optional<paddle::Tensor>& bias) {
+                                             const paddle::optional<paddle::Tensor>& bias, bool reduced_precision) {
   check_float32(x, "x");
   const WeightMatrix w = weight_matrix(weight, scale, "weight");
   const int64_t k = x.shape().back();
@@ -90,11 +93,17 @@ std::vector<paddle::Tensor> WeightOnlyLinear(const paddle::Tensor& x, const padd
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t c = 0; c < chunks.count(); ++c) kern::matvec_rows(w, in, yp, w.rows, chunks.begin(c), chunks.end(c));
   } else {
+    // alone, the Linear is weight-only (CodeGeeX's int8 promises exactly that): its activations
+    // stay fp32 unless asked; the decoder layer's prompt GEMMs do quantise them
+    kern::GemmInput in =
+        reduced_precision ? kern::GemmInput(xp, num_x, k, {&w}) : kern::GemmInput(xp, num_x, k, {});
 #pragma omp parallel
     {
-      std::vector<float> panel(kern::kDepth * kern::kPanel);
+      std::vector<float> scratch(kern::kPanelScratchFloats);
+#pragma omp for schedule(static)
+      for (int64_t m = 0; m < num_x; ++m) in.prepare_row(m);
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t p = 0; p < kern::gemm_panel_count(w); ++p) kern::gemm_panel(w, xp, num_x, yp, w.rows, p, panel.data());
+      for (int64_t p = 0; p < kern::gemm_panel_count(w); ++p) kern::gemm_panel(w, in, yp, w.rows, p, scratch.data());
     }
   }
   if (b)
@@ -364,9 +373,14 @@ void attend_head(const LayerShape& s, int64_t b, int64_t h, const float* qkv, co
   }
 }
 
-// The same for many new tokens (a prompt): scores and the weighted sum of values
-// go through the blocked GEMM, computing the causal half of the scores too
-// (half wasted, far faster than per-query dot products).
+// Queries per block of the blocked attention: the block's scores, [block, visible keys],
+// stay within L2 (512 KB at 1,024 keys).
+constexpr int64_t kQueryBlock = 128;
+
+// The same for many new tokens (a prompt), a block of queries at a time: the scores and
+// the weighted sum of values go through the fp32 GEMM, and a block computes scores only
+// for the keys its last query sees (causal), so the work is about half of the full square
+// and the memory one block's rows instead of [seq, total].
 void attend_head_blocked(const LayerShape& s, int64_t b, int64_t h, const float* qkv, const int64_t* positions,
                          const int64_t* mask, const float* sin_table, const float* cos_table, float* key_cache,
                          float* value_cache, float* out, std::vector<float>& scratch) {
@@ -377,10 +391,11 @@ void attend_head_blocked(const LayerShape& s, int64_t b, int64_t h, const float*
   const int64_t k_off = (shard * 3 * local + 2 * local + j) * d;
   float* keys = key_cache + (b * s.heads + h) * s.cache_len * d;
   float* values = value_cache + (b * s.heads + h) * s.cache_len * d;
-  scratch.resize(n * d + n * total + d * total + kern::kDepth * kern::kPanel);
+  const int64_t block = std::min(kQueryBlock, n);
+  scratch.resize(n * d + block * total + d * total + kern::kPanelScratchFloats);
   float* queries = scratch.data();
   float* scores = queries + n * d;
-  float* values_t = scores + n * total;
+  float* values_t = scores + block * total;
   float* panel = values_t + d * total;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t m = b * n + i;
@@ -391,31 +406,173 @@ void attend_head_blocked(const LayerShape& s, int64_t b, int64_t h, const float*
     rotate(row + k_off, keys + (s.past + i) * d, d, s.rotary_dim, sn, cs);
     std::memcpy(values + (s.past + i) * d, row + v_off, d * sizeof(float));
   }
-  const kern::WeightMatrix key_rows{keys, WeightFormat::kFloat32, nullptr, total, d};
-  for (int64_t p = 0; p < kern::gemm_panel_count(key_rows); ++p)
-    kern::gemm_panel(key_rows, queries, n, scores, total, p, panel);
-  const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d));
-  for (int64_t i = 0; i < n; ++i) {
-    float* row = scores + i * total;
-    const int64_t last = s.past + i;
-    float max = -INFINITY;
-    for (int64_t t = 0; t <= last; ++t) {
-      row[t] = (mask && !mask[b * total + t]) ? -INFINITY : row[t] * inv_sqrt_d;
-      max = std::max(max, row[t]);
-    }
-    std::fill(row + last + 1, row + total, 0.0f);
-    if (max == -INFINITY) {  // a padding query: the reference's uniform average
-      std::fill(row, row + total, 1.0f / total);
-      continue;
-    }
-    const float inv = 1.0f / softmax_numerators(row, last + 1, max);
-    for (int64_t t = 0; t <= last; ++t) row[t] *= inv;
-  }
   for (int64_t t = 0; t < total; ++t)
     for (int64_t c = 0; c < d; ++c) values_t[c * total + t] = values[t * d + c];
-  const kern::WeightMatrix value_columns{values_t, WeightFormat::kFloat32, nullptr, d, total};
-  for (int64_t p = 0; p < kern::gemm_panel_count(value_columns); ++p)
-    kern::gemm_panel(value_columns, scores, n, out + b * n * e + h * d, e, p, panel);
+  const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d));
+  for (int64_t i0 = 0; i0 < n; i0 += block) {
+    const int64_t rows = std::min(block, n - i0), visible = s.past + i0 + rows;
+    const kern::WeightMatrix key_rows{keys, WeightFormat::kFloat32, nullptr, visible, d};
+    for (int64_t p = 0; p < kern::gemm_panel_count(key_rows); ++p)
+      kern::gemm_panel_f32<kern::F32>(key_rows, queries + i0 * d, d, rows, scores, visible, p, panel);
+    std::vector<int64_t> sees_nothing;
+    for (int64_t i = i0; i < i0 + rows; ++i) {
+      float* row = scores + (i - i0) * visible;
+      const int64_t last = s.past + i;
+      float max = -INFINITY;
+      for (int64_t t = 0; t <= last; ++t) {
+        row[t] = (mask && !mask[b * total + t]) ? -INFINITY : row[t] * inv_sqrt_d;
+        max = std::max(max, row[t]);
+      }
+      std::fill(row + last + 1, row + visible, 0.0f);
+      if (max == -INFINITY) {  // a padding query: written below
+        std::fill(row, row + visible, 0.0f);
+        sees_nothing.push_back(i);
+        continue;
+      }
+      const float inv = 1.0f / softmax_numerators(row, last + 1, max);
+      for (int64_t t = 0; t <= last; ++t) row[t] *= inv;
+    }
+    const kern::WeightMatrix value_columns{values_t, WeightFormat::kFloat32, nullptr, d, visible, total};
+    for (int64_t p = 0; p < kern::gemm_panel_count(value_columns); ++p)
+      kern::gemm_panel_f32<kern::F32>(value_columns, scores, visible, rows, out + (b * n + i0) * e + h * d, e, p,
+                                      panel);
+    // a padding query sees nothing; the reference's uniform average over every key keeps it finite
+    for (int64_t i : sees_nothing) {
+      float* o = out + (b * n + i) * e + h * d;
+      std::memset(o, 0, d * sizeof(float));
+      for (int64_t t = 0; t < total; ++t) axpy(1.0f / total, values + t * d, o, d);
+    }
+  }
+}
+
+// What one block's step reads and writes; the buffers are [tokens, width] fp32.
+struct LayerArgs {
+  const LayerShape& s;
+  const float* x;
+  float* y;
+  const float *ln_weight, *ln_bias;
+  float eps;
+  const WeightMatrix &qkv_w, &out_w, &in_w, &fc_out_w;
+  const float *in_bias, *out_bias;
+  const int64_t *positions, *mask;
+  const float *sin, *cos;
+  float *key_cache, *value_cache;
+  float *qkv, *inner, *attn, *proj, *mlp;
+};
+
+void gelu_row(float* p, const float* bias, int64_t n) {
+  const int64_t n_vec = n - n % simd::kLanes;
+  for (int64_t i = 0; i < n_vec; i += simd::kLanes)
+    simd::store(p + i, simd::gelu(simd::add(simd::load(p + i), simd::load(bias + i))));
+  for (int64_t i = n_vec; i < n; ++i) p[i] = simd::gelu_scalar(p[i] + bias[i]);
+}
+
+// A few new tokens (decoding): the cost is reading the weights once. The CPU may be
+// shared with other processes, and every barrier is a point where a thread waits for one
+// the OS has preempted (spinning, by default, on the core the preempted one needs), so
+// this step has three: after the QKV/fc_in matvecs, after attention, and the end.
+void decode_layer(const LayerArgs& a) {
+  const LayerShape& s = a.s;
+  const int64_t tokens = s.tokens();
+#pragma omp parallel
+  {
+    // every thread normalises the few rows and rounds them for int8 weights itself: a few
+    // thousand values, cheaper than the barrier that sharing one copy would need
+    std::vector<float> normed(tokens * s.embd);
+    for (int64_t m = 0; m < tokens; ++m)
+      layer_norm(a.x + m * s.embd, a.ln_weight, a.ln_bias, a.eps, s.embd, normed.data() + m * s.embd);
+    kern::MatvecInput normed_in(normed.data(), tokens, s.embd), attn_in(a.attn, tokens, s.embd),
+        inner_in(a.inner, tokens, s.inner);
+    std::vector<float> scratch;
+
+    // attention's QKV and the MLP's fc_in both read the normed input: one pass
+    // over their rows taken as one range
+    const int64_t qkv_rows = a.qkv_w.rows, in_rows = a.in_w.rows;
+    normed_in.prepare(a.qkv_w);
+    normed_in.prepare(a.in_w);
+    const kern::RowChunks in_chunks(qkv_rows + in_rows, std::max(kern::row_bytes(a.qkv_w), kern::row_bytes(a.in_w)));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < in_chunks.count(); ++c) {
+      const int64_t r0 = in_chunks.begin(c), r1 = in_chunks.end(c);
+      if (r0 < qkv_rows) kern::matvec_rows(a.qkv_w, normed_in, a.qkv, qkv_rows, r0, std::min(r1, qkv_rows));
+      if (r1 > qkv_rows)
+        kern::matvec_rows(a.in_w, normed_in, a.inner, in_rows, std::max(r0, qkv_rows) - qkv_rows, r1 - qkv_rows);
+    }
+
+    // GELU needs only fc_in, attention only qkv: no barrier between them
+#pragma omp for schedule(static) nowait
+    for (int64_t m = 0; m < tokens; ++m) gelu_row(a.inner + m * s.inner, a.in_bias, s.inner);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t bh = 0; bh < s.batch * s.heads; ++bh)
+      attend_head(s, bh / s.heads, bh % s.heads, a.qkv, a.positions, a.mask, a.sin, a.cos, a.key_cache,
+                  a.value_cache, a.attn, scratch);
+
+    // attention output and the MLP output land on the same residual rows, which the
+    // chunk that computed them finishes
+    attn_in.prepare(a.out_w);
+    inner_in.prepare(a.fc_out_w);
+    const kern::RowChunks out_chunks(s.embd, kern::row_bytes(a.out_w) + kern::row_bytes(a.fc_out_w));
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int64_t c = 0; c < out_chunks.count(); ++c) {
+      const int64_t r0 = out_chunks.begin(c), r1 = out_chunks.end(c);
+      kern::matvec_rows(a.out_w, attn_in, a.proj, s.embd, r0, r1);
+      kern::matvec_rows(a.fc_out_w, inner_in, a.mlp, s.embd, r0, r1);
+      for (int64_t m = 0; m < tokens; ++m)
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t i = m * s.embd + r;
+          a.y[i] = a.x[i] + a.proj[i] + a.mlp[i] + a.out_bias[r];
+        }
+    }
+  }
+}
+
+// A prompt: the GEMMs, with each activation row quantised (int8 weights) or rounded
+// (bf16/fp16 weights) once, by the loop that finishes the row.
+void prefill_layer(const LayerArgs& a) {
+  const LayerShape& s = a.s;
+  const int64_t tokens = s.tokens();
+  std::vector<float> normed(tokens * s.embd);
+  kern::GemmInput normed_in(normed.data(), tokens, s.embd, {&a.qkv_w, &a.in_w}),
+      attn_in(a.attn, tokens, s.embd, {&a.out_w}), inner_in(a.inner, tokens, s.inner, {&a.fc_out_w});
+#pragma omp parallel
+  {
+    std::vector<float> scratch, panel(kern::kPanelScratchFloats);
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < tokens; ++m) {
+      layer_norm(a.x + m * s.embd, a.ln_weight, a.ln_bias, a.eps, s.embd, normed.data() + m * s.embd);
+      normed_in.prepare_row(m);
+    }
+    const int64_t qkv_panels = kern::gemm_panel_count(a.qkv_w);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t p = 0; p < qkv_panels + kern::gemm_panel_count(a.in_w); ++p) {
+      if (p < qkv_panels)
+        kern::gemm_panel(a.qkv_w, normed_in, a.qkv, a.qkv_w.rows, p, panel.data());
+      else
+        kern::gemm_panel(a.in_w, normed_in, a.inner, a.in_w.rows, p - qkv_panels, panel.data());
+    }
+#pragma omp for schedule(static) nowait
+    for (int64_t m = 0; m < tokens; ++m) {
+      gelu_row(a.inner + m * s.inner, a.in_bias, s.inner);
+      inner_in.prepare_row(m);
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t bh = 0; bh < s.batch * s.heads; ++bh)
+      attend_head_blocked(s, bh / s.heads, bh % s.heads, a.qkv, a.positions, a.mask, a.sin, a.cos, a.key_cache,
+                          a.value_cache, a.attn, scratch);
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < tokens; ++m) attn_in.prepare_row(m);
+    // attention output and the MLP output land on the same residual rows
+    const int64_t out_panels = kern::gemm_panel_count(a.out_w);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t p = 0; p < 2 * out_panels; ++p) {
+      if (p < out_panels)
+        kern::gemm_panel(a.out_w, attn_in, a.proj, s.embd, p, panel.data());
+      else
+        kern::gemm_panel(a.fc_out_w, inner_in, a.mlp, s.embd, p - out_panels, panel.data());
+    }
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < tokens * s.embd; ++i) a.y[i] = a.x[i] + a.proj[i] + a.mlp[i] + a.out_bias[i % s.embd];
+  }
 }
 
 std::vector<paddle::Tensor> DecoderLayer(
@@ -489,100 +646,18 @@ std::vector<paddle::Tensor> DecoderLayer(
   for (int64_t p : positions) PD_CHECK(p < max_position, "position ", p, " beyond the rotary table");
 
   auto out = paddle::empty(x.shape(), paddle::DataType::FLOAT32, x.place());
-  const float* xp = x.data<float>();
-  float* yp = out.data<float>();
-  std::vector<float> normed(tokens * s.embd), qkv(tokens * 3 * s.embd), inner(tokens * s.inner),
-      attn(tokens * s.embd), proj(tokens * s.embd), mlp(tokens * s.embd);
-  float* kc = const_cast<float*>(key_cache.data<float>());
-  float* vc = const_cast<float*>(value_cache.data<float>());
-  const float* in_b = fc_in_bias.data<float>();
-  const float* out_b = fc_out_bias.data<float>();
-
+  std::vector<float> qkv(tokens * 3 * s.embd), inner(tokens * s.inner), attn(tokens * s.embd),
+      proj(tokens * s.embd), mlp(tokens * s.embd);
+  const LayerArgs args{s, x.data<float>(), out.data<float>(), ln_weight.data<float>(), ln_bias.data<float>(), eps,
+                       qkv_w, out_w, in_w, fc_out_w, fc_in_bias.data<float>(), fc_out_bias.data<float>(),
+                       positions.data(), mask, sin_table.data<float>(), cos_table.data<float>(),
+                       const_cast<float*>(key_cache.data<float>()), const_cast<float*>(value_cache.data<float>()),
+                       qkv.data(), inner.data(), attn.data(), proj.data(), mlp.data()};
   // a few new tokens read each weight once (matvec); a prompt reuses them (GEMM)
-  const bool blocked = tokens > kMatvecMaxRows;
-#pragma omp parallel
-  {
-    // each thread rounds the matvec inputs for int8 weights itself: a few thousand values,
-    // cheaper than the barrier that sharing one copy would need
-    kern::MatvecInput normed_in(normed.data(), tokens, s.embd), attn_in(attn.data(), tokens, s.embd),
-        inner_in(inner.data(), tokens, s.inner);
-    std::vector<float> scratch;
-    std::vector<float> panel(blocked ? kern::kDepth * kern::kPanel : 0);
-#pragma omp for schedule(static)
-    for (int64_t m = 0; m < tokens; ++m)
-      layer_norm(xp + m * s.embd, ln_weight.data<float>(), ln_bias.data<float>(), eps, s.embd,
-                 normed.data() + m * s.embd);
-
-    // attention's QKV and the MLP's fc_in both read the normed input: one pass
-    // over their rows taken as one range
-    const int64_t qkv_rows = qkv_w.rows, in_rows = in_w.rows;
-    if (!blocked) {
-      normed_in.prepare(qkv_w);
-      normed_in.prepare(in_w);
-      const kern::RowChunks chunks(qkv_rows + in_rows, std::max(kern::row_bytes(qkv_w), kern::row_bytes(in_w)));
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t c = 0; c < chunks.count(); ++c) {
-        const int64_t r0 = chunks.begin(c), r1 = chunks.end(c);
-        if (r0 < qkv_rows)
-          kern::matvec_rows(qkv_w, normed_in, qkv.data(), qkv_rows, r0, std::min(r1, qkv_rows));
-        if (r1 > qkv_rows)
-          kern::matvec_rows(in_w, normed_in, inner.data(), in_rows, std::max(r0, qkv_rows) - qkv_rows,
-                            r1 - qkv_rows);
-      }
-    } else {
-      const int64_t qkv_panels = kern::gemm_panel_count(qkv_w);
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t p = 0; p < qkv_panels + kern::gemm_panel_count(in_w); ++p) {
-        if (p < qkv_panels)
-          kern::gemm_panel(qkv_w, normed.data(), tokens, qkv.data(), qkv_rows, p, panel.data());
-        else
-          kern::gemm_panel(in_w, normed.data(), tokens, inner.data(), in_rows, p - qkv_panels, panel.data());
-      }
-    }
-
-    // GELU needs only fc_in, attention only qkv: no barrier between them
-    const int64_t chunks = s.inner / simd::kLanes;
-#pragma omp for schedule(static) nowait
-    for (int64_t c = 0; c < tokens * chunks; ++c) {
-      const int64_t m = c / chunks, i = (c % chunks) * simd::kLanes;
-      float* p = inner.data() + m * s.inner + i;
-      simd::store(p, simd::gelu(simd::add(simd::load(p), simd::load(in_b + i))));
-    }
-#pragma omp single nowait
-    for (int64_t m = 0; m < tokens; ++m)
-      for (int64_t i = chunks * simd::kLanes; i < s.inner; ++i)
-        inner[m * s.inner + i] = simd::gelu_scalar(inner[m * s.inner + i] + in_b[i]);
-
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t bh = 0; bh < s.batch * s.heads; ++bh)
-      (blocked ? attend_head_blocked : attend_head)(s, bh / s.heads, bh % s.heads, qkv.data(), positions.data(),
-                                                    mask, sin_table.data<float>(), cos_table.data<float>(), kc, vc,
-                                                    attn.data(), scratch);
-
-    // attention output and the MLP output land on the same residual rows
-    if (!blocked) {
-      attn_in.prepare(out_w);
-      inner_in.prepare(fc_out_w);
-      const kern::RowChunks chunks(s.embd, kern::row_bytes(out_w) + kern::row_bytes(fc_out_w));
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t c = 0; c < chunks.count(); ++c) {
-        const int64_t r0 = chunks.begin(c), r1 = chunks.end(c);
-        kern::matvec_rows(out_w, attn_in, proj.data(), s.embd, r0, r1);
-        kern::matvec_rows(fc_out_w, inner_in, mlp.data(), s.embd, r0, r1);
-      }
-    } else {
-      const int64_t out_panels = kern::gemm_panel_count(out_w);
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t p = 0; p < 2 * out_panels; ++p) {
-        if (p < out_panels)
-          kern::gemm_panel(out_w, attn.data(), tokens, proj.data(), s.embd, p, panel.data());
-        else
-          kern::gemm_panel(fc_out_w, inner.data(), tokens, mlp.data(), s.embd, p - out_panels, panel.data());
-      }
-    }
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < tokens * s.embd; ++i) yp[i] = xp[i] + proj[i] + mlp[i] + out_b[i % s.embd];
-  }
+  if (tokens > kMatvecMaxRows)
+    prefill_layer(args);
+  else
+    decode_layer(args);
   return {out};  // the caches are outputs in place: paddle maps them itself
 }
 
@@ -599,9 +674,23 @@ std::vector<std::vector<int64_t>> DecoderLayerShape(
 
 }  // namespace
 
+// Plain C entry points, called through ctypes (they take no tensors).
+extern "C" {
+
+// The prefill kernels in use, as bits: 1 the int8 one (VNNI), 2 the bf16 one. With
+// `enable` 0 or 1, first turns the reduced-precision kernels off or back to what the CPU
+// supports (the tests compare them with the fp32 one); -1 only reads.
+int codegen_prefill_kernels(int enable) {
+  if (enable >= 0) kern::gemm_support() = enable ? kern::cpu_gemm_support() : kern::GemmSupport{};
+  return (kern::gemm_support().int8 ? 1 : 0) | (kern::gemm_support().bf16 ? 2 : 0);
+}
+
+}  // extern "C"
+
 PD_BUILD_OP(codegen_weight_only_linear)
     .Inputs({"X", "Weight", paddle::Optional("Scale"), paddle::Optional("Bias")})
     .Outputs({"Out"})
+    .Attrs({"reduced_precision: bool"})
     .SetKernelFn(PD_KERNEL(WeightOnlyLinear))
     .SetInferShapeFn(PD_INFER_SHAPE(WeightOnlyLinearShape));
 

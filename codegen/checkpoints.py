@@ -246,11 +246,13 @@ def checked_config(raw: dict, where: Path):
         raise CheckpointError(f"{where}: {e}") from e
 
 
-def build_model(config: dict):
-    """An uninitialised-weights model of the config's architecture."""
+def build_model(config: dict, parallel=None):
+    """An uninitialised-weights model of the config's architecture; with `parallel` (a
+    `models.parallel.TensorParallel`), this rank's share of it."""
     from .models import MODEL_TYPES
+    from .models.parallel import UNSPLIT
     config_cls, model_cls = MODEL_TYPES[config["model_type"]]
-    return model_cls(config_cls.from_dict(config))
+    return model_cls(config_cls.from_dict(config), parallel or UNSPLIT)
 
 
 def load_model(name_or_path, dtype: str = "float32"):

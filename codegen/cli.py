@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -14,12 +15,21 @@ def add_load_arguments(parser) -> None:
                         help="fp16 weights (on CPU read at half the bytes with fp32 arithmetic; on GPU all fp16)")
     parser.add_argument("--use-fast", action=argparse.BooleanOptionalAction, default=None,
                         help="the fused CPU kernels (default: when they build here)")
+    parser.add_argument("--tensor-parallel", type=int, default=None, metavar="N",
+                        help="under python -m paddle.distributed.launch, split the model over its N processes "
+                        "(default: all of them; 1 turns the split off)")
 
 
 def load_options(args) -> dict:
     """`Predictor`'s keyword arguments from `add_load_arguments`' flags."""
     return dict(device=args.device, quantize=args.quantize, use_fast=args.use_fast,
-                use_fp16_decoding=args.use_fp16_decoding)
+                use_fp16_decoding=args.use_fp16_decoding, tensor_parallel=args.tensor_parallel)
+
+
+def output_of(predictor):
+    """Where a command writes its results: standard output, or nowhere on the ranks of a split model
+    other than 0 (every rank computes the same text; it is printed once)."""
+    return sys.stdout if predictor.parallel.rank == 0 else open(os.devnull, "w")
 
 
 def _generate(args):
@@ -39,15 +49,16 @@ def _generate(args):
         from .languages import with_language_tag
         prompt = with_language_tag(text, args.language)
     predictor = Predictor(args.model, **load_options(args))
+    out = output_of(predictor)
     if args.stream and args.num_return_sequences == 1 and args.decode_strategy != "beam_search":
-        sys.stdout.write(text)
+        out.write(text)
         for event in predictor.stream([(prompt, config)]):
-            sys.stdout.write(event.text)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
+            out.write(event.text)
+            out.flush()
+        out.write("\n")
         return
     for seq in predictor.generate([prompt], config)[0]:
-        sys.stdout.write(text + seq.text + "\n")
+        out.write(text + seq.text + "\n")
 
 
 def _translate(args):
@@ -57,7 +68,7 @@ def _translate(args):
     flow = Taskflow("code_translation", model=args.model, source_language=args.source,
                     target_language=args.target, target_prefix=args.target_prefix, max_length=args.max_length,
                     **load_options(args))
-    sys.stdout.write(flow(source)[0] + "\n")
+    output_of(flow.predictor).write(flow(source)[0] + "\n")
 
 
 def _convert(args):

@@ -2,11 +2,16 @@
 
 Taskflow, the server, the CLI and evaluation all go through this class, so
 prompt truncation, device placement and the fast path are decided here once.
+
+Under `python -m paddle.distributed.launch --nproc_per_node N` the model is split N ways
+(inference/parallel.py): every process builds the same Predictor and must make the same
+calls with the same prompts, as a script run by every rank does; each returns the same results.
 """
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Iterator, Sequence as Seq
@@ -29,7 +34,8 @@ def pick_device(device: str | None) -> str:
     if not (device == "cpu" or device.startswith("gpu")):
         raise ValueError(f"device must be 'cpu', 'gpu' or 'gpu:N', got {device!r}")
     paddle.set_device(device)
-    return device
+    # "gpu" is the launch's own GPU for this rank under paddle.distributed.launch: name it
+    return paddle.get_device() if device == "gpu" else device
 
 
 @dataclass(frozen=True)
@@ -51,20 +57,27 @@ class PromptError(ValueError):
 
 class Predictor:
     """`Predictor(model)` loads `model` (a converted directory, a public name under $CODEGEN_HOME, or by
-    default the model shipped in the package); `generate` and `stream` take prompts as text."""
+    default the model shipped in the package); `generate` and `stream` take prompts as text.
+
+    `tensor_parallel` splits the model over that many processes of a paddle.distributed launch
+    (default: all of them; 1: none, each holds the whole model); `parallel` says this one's share."""
 
     def __init__(self, model: str | os.PathLike | None = None, *, device: str | None = None,
                  quantize: str | None = None, use_fast: bool | None = None, use_fp16_decoding: bool = False,
-                 prompt_cache_entries: int = 0, prompt_cache_mb: int | None = None):
+                 prompt_cache_entries: int = 0, prompt_cache_mb: int | None = None,
+                 tensor_parallel: int | None = None):
         from .checkpoints import resolve_model_dir
         from .inference import load_for_inference
+        from .inference.parallel import join_launch
         from .tokenizer import load_tokenizer
 
         self.device = pick_device(device)
         self.model_dir = resolve_model_dir(model or DEFAULT_MODEL)
         self.tokenizer = load_tokenizer(self.model_dir)
+        self.parallel = join_launch(tensor_parallel)
         self.model = load_for_inference(self.model_dir, quantize=quantize, use_fast=use_fast,
-                                        use_fp16_decoding=use_fp16_decoding, device=self.device)
+                                        use_fp16_decoding=use_fp16_decoding, device=self.device,
+                                        parallel=self.parallel)
         self.model_config = self.model.config
         self.context_length = self.model_config.max_position_embeddings
         self.name = str(model or DEFAULT_MODEL)
@@ -184,9 +197,17 @@ class Predictor:
 
     # -- generation ---------------------------------------------------------------
 
+    def same_draws(self, config: GenerationConfig) -> GenerationConfig:
+        """`config`, seeded by rank 0 if it samples without a seed and the model is split: every rank
+        must then draw the same tokens, or their next forward passes would not match."""
+        if self.parallel.world == 1 or config.decode_strategy != "sampling" or config.seed is not None:
+            return config
+        from .inference.parallel import from_rank_zero
+        return replace(config, seed=from_rank_zero(secrets.randbits(63)))
+
     def generate(self, prompts: Seq[str | list[int]], config: GenerationConfig):
         """One list of `Sequence`s (config.num_return_sequences each) per prompt."""
-        config.validate()
+        config = self.same_draws(config.validate())
         results = []
         # prompts fitted one by one since each may need its own clamp of max_new_tokens
         fitted = [self.encode(p, config.max_new_tokens) for p in prompts]
@@ -205,7 +226,7 @@ class Predictor:
         """Text deltas for several (prompt, config) requests decoded as one batch."""
         batch = []
         for prompt, config in requests:
-            config.validate()
+            config = self.same_draws(config.validate())
             ids, max_new, _ = self.encode(prompt, config.max_new_tokens)
             batch.append(Request(ids, replace(config, max_new_tokens=max_new)))
         return stream(self.model, self.tokenizer, batch, prompt_cache=self.prompt_cache, **kwargs)

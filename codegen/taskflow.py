@@ -24,7 +24,8 @@ class CodeGenerationTask:
                  num_beams: int = 4, length_penalty: float = 1.0, repetition_penalty: float = 1.1,
                  output_scores: bool = False, use_faster: bool | None = None, use_fast: bool | None = None,
                  use_fp16_decoding: bool = False, num_return_sequences: int = 1, stop=None, seed: int | None = None,
-                 language: str | None = None, device: str | None = None, quantize: str | None = None):
+                 language: str | None = None, device: str | None = None, quantize: str | None = None,
+                 tensor_parallel: int | None = None):
         if decode_strategy not in STRATEGIES:
             raise ValueError(f"decode_strategy must be one of {', '.join(STRATEGIES)}, got {decode_strategy!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -47,7 +48,7 @@ class CodeGenerationTask:
         self.language = language
         self.predictor = Predictor(model, device=device, quantize=quantize,
                                    use_fast=use_fast if use_fast is not None else use_faster,
-                                   use_fp16_decoding=use_fp16_decoding)
+                                   use_fp16_decoding=use_fp16_decoding, tensor_parallel=tensor_parallel)
 
     def prompt(self, text):
         if self.language is None or not isinstance(text, str):

@@ -68,11 +68,16 @@ def int8_scales(read: RowReader, shape: tuple) -> np.ndarray:
     return np.where(absmax > 0, absmax / np.float32(127), np.float32(1)).astype(np.float32)
 
 
-def pack_linear(read: RowReader, shape: tuple, fmt: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """A Linear weight [in, out] as `fmt` [out, in], with its int8 scales [out] (None for float formats)."""
+def pack_linear(read: RowReader, shape: tuple, fmt: str,
+                scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A Linear weight [in, out] as `fmt` [out, in], with its int8 scales [out] (None for float formats).
+
+    `scale` gives int8 scales made elsewhere: those of the whole weight when `read` gives a share of its rows.
+    """
     rows, cols = shape
     packed = np.empty((cols, rows), dtype=STORAGE[fmt])
-    scale = int8_scales(read, shape) if fmt == "int8" else None
+    if fmt == "int8" and scale is None:
+        scale = int8_scales(read, shape)
     for start, stop in row_blocks(rows, cols):
         block = read(start, stop)
         if scale is not None:

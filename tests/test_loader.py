@@ -153,8 +153,8 @@ def test_an_int8_checkpoint_gives_the_logits_of_quantizing_at_load_time(codegen_
     # loading the converted rows quantizes nothing (the fused path still lays the fp32 head out as rows)
     import codegen.inference.loader as loader
     pack = loader.pack_linear
-    monkeypatch.setattr(loader, "pack_linear", lambda read, shape, fmt: pytest.fail("quantized while loading")
-                        if fmt == "int8" else pack(read, shape, fmt))
+    monkeypatch.setattr(loader, "pack_linear", lambda read, shape, fmt, scale=None:
+                        pytest.fail("quantized while loading") if fmt == "int8" else pack(read, shape, fmt, scale))
     for directory in (int8, int8_from_ours):
         model = load_for_inference(directory, use_fast=use_fast)
         assert isinstance(model, FastCodeGenForCausalLM) == (use_fast is None)

@@ -27,7 +27,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..models.cache import KVCache
-from ..models.codegen import MP_NUM, CodeGenAttention, CodeGenForCausalLM
+from ..models.codegen import CodeGenAttention, CodeGenForCausalLM
 from .quantize import WeightOnlyLinear, quantize_linears, weight_dtype_name
 
 class FastCodeGenForCausalLM(nn.Layer):
@@ -48,7 +48,8 @@ class FastCodeGenForCausalLM(nn.Layer):
     def new_cache(self, batch_size: int, max_length: int | None = None, dtype: str | None = None) -> KVCache:
         # the fused operator works on a float32 cache whatever the weights' format
         c = self.config
-        return KVCache(c.n_layer, batch_size, c.n_head, max_length or c.n_positions, c.head_dim, dtype or "float32")
+        return KVCache(c.n_layer, batch_size, self.model.transformer.h[0].attn.num_heads, max_length or c.n_positions,
+                       c.head_dim, dtype or "float32")
 
     def forward(self, input_ids, attention_mask=None, cache: KVCache | None = None, last_only: bool = False):
         batch, seq = input_ids.shape
@@ -73,9 +74,14 @@ class FastCodeGenForCausalLM(nn.Layer):
         mask = attention_mask.astype("int64").contiguous() if attention_mask is not None else None
         x = model.transformer.wte(input_ids)
         sin, cos, past, eps = model.rotary_sin, model.rotary_cos, int(cache.length), float(c.layer_norm_epsilon)
+        parallel, attn = model.parallel, model.transformer.h[0].attn
         for i, weights in enumerate(self._block_weights):
+            # split over ranks, each returns its partial sum, rank 0's with the residual (and the
+            # fc_out bias, which only rank 0 holds): the all-reduce adds x once
             x = kernels.decoder_layer(x, weights, cache.keys[i], cache.values[i], mask, sin, cos, past=past,
-                                      num_heads=c.n_head, rotary_dim=c.rotary_dim, mp_num=MP_NUM, eps=eps)
+                                      num_heads=attn.num_heads, rotary_dim=c.rotary_dim, mp_num=attn.shards, eps=eps,
+                                      residual=parallel.rank == 0)
+            parallel.all_reduce(x)
         cache.advance(input_ids.shape[1])
         if last_only:
             x = x[:, -1:]
@@ -148,7 +154,7 @@ class FP16GPUAttention(CodeGenAttention):
         out = F.scaled_dot_product_attention(query, key.astype(query.dtype), value.astype(query.dtype),
                                              attn_mask=bias, training=False,
                                              scale=1.0 / math.sqrt(c.head_dim))
-        return self.out_proj(out.reshape([out.shape[0], out.shape[1], c.n_embd]))
+        return self.out_proj(out.reshape([out.shape[0], out.shape[1], self.num_heads * c.head_dim]))
 
     def _rotate(self, t, sin, cos):
         from ..models.codegen import apply_rotary
@@ -174,7 +180,7 @@ def use_fp16_gpu_attention(model: CodeGenForCausalLM, dtype: str = "float16") ->
 def use_sdpa_attention(model: CodeGenForCausalLM) -> CodeGenForCausalLM:
     """Route `model`'s attention through `FP16GPUAttention`, in place, keeping its weights as they are."""
     for block in model.transformer.h:
-        fused = FP16GPUAttention(model.config)
+        fused = FP16GPUAttention(model.config, model.parallel)
         fused.qkv_proj, fused.out_proj = block.attn.qkv_proj, block.attn.out_proj
         block.attn = fused
     return model

@@ -117,15 +117,18 @@ class Kernels:
                 fc_in.weight, fc_in.weight_scale, fc_in.bias, fc_out.weight, fc_out.weight_scale, fc_out.bias)
 
     def decoder_layer(self, x, block_weights: tuple, key_cache, value_cache, attention_mask, sin, cos, *,
-                      past: int, num_heads: int, rotary_dim: int, mp_num: int, eps: float):
+                      past: int, num_heads: int, rotary_dim: int, mp_num: int, eps: float, residual: bool = True):
         """One CodeGen block for the new tokens x [b, s, embd] fp32; returns its output.
 
         `block_weights` comes from `block_weights`. The new tokens' keys/values are written into
         the float32 caches [b, heads, max_len, head_dim] at position `past`; `attention_mask` is
         None or int64 [b, past + s]; sin/cos are the rotary tables [positions, rotary_dim / 2].
+        `num_heads` and `mp_num` count the heads and qkv shards the weights hold (a tensor-parallel
+        rank's share); head_dim follows from the qkv weight. Without `residual` the output is the
+        attention's and MLP's sum alone, not added to x.
         """
         return self._run("codegen_decoder_layer", x, *block_weights, key_cache, value_cache, attention_mask, sin,
-                         cos, past, num_heads, rotary_dim, mp_num, eps)[0]
+                         cos, past, num_heads, rotary_dim, mp_num, eps, residual)[0]
 
 
 @contextlib.contextmanager

@@ -246,8 +246,10 @@ std::vector<paddle::Tensor> ReadBandwidth(const paddle::Tensor& buffer) {
 
 // ---- decoder layer -----------------------------------------------------------
 
+// `heads` and `width` (heads * head_dim) are those this process holds: all of them, or a
+// tensor-parallel rank's share (whole qkv shards, `mp_num` of them), when less than `embd`.
 struct LayerShape {
-  int64_t batch, seq, embd, inner, heads, head_dim, rotary_dim, mp_num, past, cache_len;
+  int64_t batch, seq, embd, width, inner, heads, head_dim, rotary_dim, mp_num, past, cache_len;
   int64_t tokens() const { return batch * seq; }
   int64_t total() const { return past + seq; }
 };
@@ -326,7 +328,7 @@ float softmax_numerators(float* x, int64_t n, float max) {
 void attend_head(const LayerShape& s, int64_t b, int64_t h, const float* qkv, const int64_t* positions,
                  const int64_t* mask, const float* sin_table, const float* cos_table, float* key_cache,
                  float* value_cache, float* out, std::vector<float>& scratch) {
-  const int64_t d = s.head_dim, e = s.embd, half = s.rotary_dim / 2, total = s.total();
+  const int64_t d = s.head_dim, e = s.width, half = s.rotary_dim / 2, total = s.total();
   const int64_t local = s.heads / s.mp_num, shard = h / local, j = h % local;
   const int64_t q_off = (shard * 3 * local + j) * d;
   const int64_t v_off = (shard * 3 * local + local + j) * d;
@@ -384,7 +386,7 @@ constexpr int64_t kQueryBlock = 128;
 void attend_head_blocked(const LayerShape& s, int64_t b, int64_t h, const float* qkv, const int64_t* positions,
                          const int64_t* mask, const float* sin_table, const float* cos_table, float* key_cache,
                          float* value_cache, float* out, std::vector<float>& scratch) {
-  const int64_t d = s.head_dim, e = s.embd, half = s.rotary_dim / 2, total = s.total(), n = s.seq;
+  const int64_t d = s.head_dim, e = s.width, half = s.rotary_dim / 2, total = s.total(), n = s.seq;
   const int64_t local = s.heads / s.mp_num, shard = h / local, j = h % local;
   const int64_t q_off = (shard * 3 * local + j) * d;
   const int64_t v_off = (shard * 3 * local + local + j) * d;
@@ -458,6 +460,7 @@ struct LayerArgs {
   const float *sin, *cos;
   float *key_cache, *value_cache;
   float *qkv, *inner, *attn, *proj, *mlp;
+  bool residual;  // y = x + the block's output; without, the output alone (a tensor-parallel partial sum)
 };
 
 void gelu_row(float* p, const float* bias, int64_t n) {
@@ -481,7 +484,7 @@ void decode_layer(const LayerArgs& a) {
     std::vector<float> normed(tokens * s.embd);
     for (int64_t m = 0; m < tokens; ++m)
       layer_norm(a.x + m * s.embd, a.ln_weight, a.ln_bias, a.eps, s.embd, normed.data() + m * s.embd);
-    kern::MatvecInput normed_in(normed.data(), tokens, s.embd), attn_in(a.attn, tokens, s.embd),
+    kern::MatvecInput normed_in(normed.data(), tokens, s.embd), attn_in(a.attn, tokens, s.width),
         inner_in(a.inner, tokens, s.inner);
     std::vector<float> scratch;
 
@@ -520,7 +523,7 @@ void decode_layer(const LayerArgs& a) {
       for (int64_t m = 0; m < tokens; ++m)
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t i = m * s.embd + r;
-          a.y[i] = a.x[i] + a.proj[i] + a.mlp[i] + a.out_bias[r];
+          a.y[i] = (a.residual ? a.x[i] : 0.0f) + a.proj[i] + a.mlp[i] + a.out_bias[r];
         }
     }
   }
@@ -533,7 +536,7 @@ void prefill_layer(const LayerArgs& a) {
   const int64_t tokens = s.tokens();
   std::vector<float> normed(tokens * s.embd);
   kern::GemmInput normed_in(normed.data(), tokens, s.embd, {&a.qkv_w, &a.in_w}),
-      attn_in(a.attn, tokens, s.embd, {&a.out_w}), inner_in(a.inner, tokens, s.inner, {&a.fc_out_w});
+      attn_in(a.attn, tokens, s.width, {&a.out_w}), inner_in(a.inner, tokens, s.inner, {&a.fc_out_w});
 #pragma omp parallel
   {
     std::vector<float> scratch, panel(kern::kPanelScratchFloats);
@@ -571,7 +574,8 @@ void prefill_layer(const LayerArgs& a) {
         kern::gemm_panel(a.fc_out_w, inner_in, a.mlp, s.embd, p - out_panels, panel.data());
     }
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < tokens * s.embd; ++i) a.y[i] = a.x[i] + a.proj[i] + a.mlp[i] + a.out_bias[i % s.embd];
+    for (int64_t i = 0; i < tokens * s.embd; ++i)
+      a.y[i] = (a.residual ? a.x[i] : 0.0f) + a.proj[i] + a.mlp[i] + a.out_bias[i % s.embd];
   }
 }
 
@@ -584,7 +588,8 @@ std::vector<paddle::Tensor> DecoderLayer(
     const paddle::optional<paddle::Tensor>& fc_out_scale, const paddle::Tensor& fc_out_bias,
     const paddle::Tensor& key_cache, const paddle::Tensor& value_cache,
     const paddle::optional<paddle::Tensor>& attention_mask, const paddle::Tensor& sin_table,
-    const paddle::Tensor& cos_table, int64_t past, int num_heads, int rotary_dim, int mp_num, float eps) {
+    const paddle::Tensor& cos_table, int64_t past, int num_heads, int rotary_dim, int mp_num, float eps,
+    bool residual) {
   check_float32(x, "x");
   PD_CHECK(x.shape().size() == 3, "x must be [batch, seq, embd]");
   LayerShape s{};
@@ -592,7 +597,6 @@ std::vector<paddle::Tensor> DecoderLayer(
   s.seq = x.shape()[1];
   s.embd = x.shape()[2];
   s.heads = num_heads;
-  s.head_dim = s.embd / num_heads;
   s.rotary_dim = rotary_dim;
   s.mp_num = mp_num;
   s.past = past;
@@ -601,8 +605,12 @@ std::vector<paddle::Tensor> DecoderLayer(
   const WeightMatrix in_w = weight_matrix(fc_in_weight, fc_in_scale, "fc_in_weight");
   const WeightMatrix fc_out_w = weight_matrix(fc_out_weight, fc_out_scale, "fc_out_weight");
   s.inner = in_w.rows;
-  PD_CHECK(qkv_w.rows == 3 * s.embd && qkv_w.cols == s.embd, "qkv_weight must be [3*embd, embd]");
-  PD_CHECK(out_w.rows == s.embd && out_w.cols == s.embd, "out_weight must be [embd, embd]");
+  s.width = qkv_w.rows / 3;
+  PD_CHECK(num_heads > 0 && mp_num > 0 && num_heads % mp_num == 0 && s.width % num_heads == 0 &&
+               qkv_w.rows == 3 * s.width && qkv_w.cols == s.embd,
+           "qkv_weight must be [3*heads*head_dim, embd] with heads a multiple of mp_num");
+  s.head_dim = s.width / num_heads;
+  PD_CHECK(out_w.rows == s.embd && out_w.cols == s.width, "out_weight must be [embd, heads*head_dim]");
   PD_CHECK(in_w.cols == s.embd, "fc_in_weight must be [inner, embd]");
   PD_CHECK(fc_out_w.rows == s.embd && fc_out_w.cols == s.inner, "fc_out_weight must be [embd, inner]");
   for (auto* t : {&ln_weight, &ln_bias, &fc_out_bias}) {
@@ -646,13 +654,13 @@ std::vector<paddle::Tensor> DecoderLayer(
   for (int64_t p : positions) PD_CHECK(p < max_position, "position ", p, " beyond the rotary table");
 
   auto out = paddle::empty(x.shape(), paddle::DataType::FLOAT32, x.place());
-  std::vector<float> qkv(tokens * 3 * s.embd), inner(tokens * s.inner), attn(tokens * s.embd),
+  std::vector<float> qkv(tokens * 3 * s.width), inner(tokens * s.inner), attn(tokens * s.width),
       proj(tokens * s.embd), mlp(tokens * s.embd);
   const LayerArgs args{s, x.data<float>(), out.data<float>(), ln_weight.data<float>(), ln_bias.data<float>(), eps,
                        qkv_w, out_w, in_w, fc_out_w, fc_in_bias.data<float>(), fc_out_bias.data<float>(),
                        positions.data(), mask, sin_table.data<float>(), cos_table.data<float>(),
                        const_cast<float*>(key_cache.data<float>()), const_cast<float*>(value_cache.data<float>()),
-                       qkv.data(), inner.data(), attn.data(), proj.data(), mlp.data()};
+                       qkv.data(), inner.data(), attn.data(), proj.data(), mlp.data(), residual};
   // a few new tokens read each weight once (matvec); a prompt reuses them (GEMM)
   if (tokens > kMatvecMaxRows)
     prefill_layer(args);
@@ -668,7 +676,7 @@ std::vector<std::vector<int64_t>> DecoderLayerShape(
     const paddle::optional<std::vector<int64_t>>&, const std::vector<int64_t>&, const std::vector<int64_t>&,
     const paddle::optional<std::vector<int64_t>>&, const std::vector<int64_t>&, const std::vector<int64_t>& k,
     const std::vector<int64_t>& v, const paddle::optional<std::vector<int64_t>>&, const std::vector<int64_t>&,
-    const std::vector<int64_t>&, int64_t, int, int, int, float) {
+    const std::vector<int64_t>&, int64_t, int, int, int, float, bool) {
   return {x, k, v};
 }
 
@@ -717,7 +725,7 @@ PD_BUILD_OP(codegen_decoder_layer)
              paddle::Optional("FcOutScale"), "FcOutBias", "KeyCache", "ValueCache",
              paddle::Optional("AttentionMask"), "Sin", "Cos"})
     .Outputs({"Out", "KeyCacheOut", "ValueCacheOut"})
-    .Attrs({"past: int64_t", "num_heads: int", "rotary_dim: int", "mp_num: int", "eps: float"})
+    .Attrs({"past: int64_t", "num_heads: int", "rotary_dim: int", "mp_num: int", "eps: float", "residual: bool"})
     .SetInplaceMap({{"KeyCache", "KeyCacheOut"}, {"ValueCache", "ValueCacheOut"}})
     .SetKernelFn(PD_KERNEL(DecoderLayer))
     .SetInferShapeFn(PD_INFER_SHAPE(DecoderLayerShape));

@@ -22,6 +22,7 @@ import paddle.nn.functional as F
 from .config_io import (MAX_HIDDEN, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, ConfigDict, check_epsilon,
                         check_parameter_count, check_sizes)
 from .cache import KVCache, attend, attention_bias, full_attention_mask, position_ids_from_mask
+from .parallel import UNSPLIT, TensorParallel
 
 
 @dataclass
@@ -75,18 +76,19 @@ def fast_gelu(x: paddle.Tensor) -> paddle.Tensor:
 
 
 class CodeGeeXAttention(nn.Layer):
-    def __init__(self, config: CodeGeeXConfig):
+    def __init__(self, config: CodeGeeXConfig, parallel: TensorParallel = UNSPLIT):
         super().__init__()
         self.config = config
         h = config.hidden_size
-        self.query = nn.Linear(h, h)
-        self.key = nn.Linear(h, h)
-        self.value = nn.Linear(h, h)
-        self.dense = nn.Linear(h, h)
+        self.num_heads = parallel.part(config.num_attention_heads, "CodeGeeX's attention heads")
+        width = self.num_heads * config.head_dim
+        self.query = nn.Linear(h, width)
+        self.key = nn.Linear(h, width)
+        self.value = nn.Linear(h, width)
+        self.dense = nn.Linear(width, h)
 
     def _heads(self, x):
-        c = self.config
-        return x.reshape([x.shape[0], x.shape[1], c.num_attention_heads, c.head_dim]).transpose([0, 2, 1, 3])
+        return x.reshape([x.shape[0], x.shape[1], self.num_heads, self.config.head_dim]).transpose([0, 2, 1, 3])
 
     def forward(self, query_input, kv_input, bias, cache: KVCache | None, layer_index: int):
         query = self._heads(self.query(query_input))
@@ -98,10 +100,11 @@ class CodeGeeXAttention(nn.Layer):
 
 
 class CodeGeeXMLP(nn.Layer):
-    def __init__(self, config: CodeGeeXConfig):
+    def __init__(self, config: CodeGeeXConfig, parallel: TensorParallel = UNSPLIT):
         super().__init__()
-        self.dense_h_to_4h = nn.Linear(config.hidden_size, 4 * config.hidden_size)
-        self.dense_4h_to_h = nn.Linear(4 * config.hidden_size, config.hidden_size)
+        inner = parallel.part(4 * config.hidden_size, "CodeGeeX's MLP width")
+        self.dense_h_to_4h = nn.Linear(config.hidden_size, inner)
+        self.dense_4h_to_h = nn.Linear(inner, config.hidden_size)
 
     def forward(self, x):
         return self.dense_4h_to_h(fast_gelu(self.dense_h_to_4h(x)))
@@ -110,44 +113,52 @@ class CodeGeeXMLP(nn.Layer):
 class CodeGeeXLayer(nn.Layer):
     """A pre-LayerNorm layer; as the top-query layer, queries come from `query_input`."""
 
-    def __init__(self, config: CodeGeeXConfig):
+    def __init__(self, config: CodeGeeXConfig, parallel: TensorParallel = UNSPLIT):
         super().__init__()
         eps = config.layernorm_epsilon
+        self.parallel = parallel
         self.input_layernorm = nn.LayerNorm(config.hidden_size, epsilon=eps)
-        self.attention = CodeGeeXAttention(config)
+        self.attention = CodeGeeXAttention(config, parallel)
         self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, epsilon=eps)
-        self.mlp = CodeGeeXMLP(config)
+        self.mlp = CodeGeeXMLP(config, parallel)
 
     def forward(self, x, bias, cache, layer_index, query_input=None):
         h = self.input_layernorm(x)
         # the top-query embedding enters the attention as it is, without a LayerNorm
-        x = x + self.attention(h if query_input is None else query_input, h, bias, cache, layer_index)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        attention = self.attention(h if query_input is None else query_input, h, bias, cache, layer_index)
+        x = x + self.parallel.all_reduce(attention)
+        return x + self.parallel.all_reduce(self.mlp(self.post_attention_layernorm(x)))
 
 
 class CodeGeeXForCausalLM(nn.Layer):
     """`model(input_ids, attention_mask=None, cache=None)` -> float32 logits [batch, seq, vocab].
 
     With a cache, `input_ids` are the new tokens and `attention_mask` covers the
-    cached positions plus the new ones ([batch, cache.length + seq]).
+    cached positions plus the new ones ([batch, cache.length + seq]). With `parallel`, this
+    rank's share of every layer (models/parallel.py); the cache holds this rank's heads.
     """
 
-    def __init__(self, config: CodeGeeXConfig):
+    # Megatron's split (models/parallel.py): the Linears whose outputs, and whose inputs, are divided
+    column_parallel = ("query", "key", "value", "dense_h_to_4h")
+    row_parallel = ("dense", "dense_4h_to_h")
+
+    def __init__(self, config: CodeGeeXConfig, parallel: TensorParallel = UNSPLIT):
         super().__init__()
         self.config = config
+        self.parallel = parallel
         c = config
         self.word_embeddings = nn.Embedding(c.padded_vocab_size, c.hidden_size)
         self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
         self.top_query_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
-        self.layers = nn.LayerList([CodeGeeXLayer(c) for _ in range(c.num_layers - 1)])
+        self.layers = nn.LayerList([CodeGeeXLayer(c, parallel) for _ in range(c.num_layers - 1)])
         self.final_layernorm = nn.LayerNorm(c.hidden_size, epsilon=c.layernorm_epsilon)
-        self.top_query_layer = CodeGeeXLayer(c)
+        self.top_query_layer = CodeGeeXLayer(c, parallel)
 
     def new_cache(self, batch_size: int, max_length: int | None = None, dtype: str | None = None) -> KVCache:
         c = self.config
         dtype = dtype or self.word_embeddings.weight.dtype
-        return KVCache(c.num_layers, batch_size, c.num_attention_heads, max_length or c.max_position_embeddings,
-                       c.head_dim, dtype)
+        return KVCache(c.num_layers, batch_size, self.top_query_layer.attention.num_heads,
+                       max_length or c.max_position_embeddings, c.head_dim, dtype)
 
     def forward(self, input_ids, attention_mask=None, cache: KVCache | None = None, last_only: bool = False):
         """`last_only` returns logits for the last position alone ([batch, 1, vocab])."""

@@ -17,6 +17,7 @@ import paddle.nn.functional as F
 from .config_io import (MAX_HIDDEN, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, ConfigDict, check_epsilon,
                         check_parameter_count, check_sizes, check_table_size)
 from .cache import KVCache, attend, attention_bias, full_attention_mask, position_ids_from_mask
+from .parallel import UNSPLIT, TensorParallel
 
 # Salesforce trained on TPU v4 with 4-way model parallelism and kept that
 # sharding in the fused projection: each of MP_NUM shards holds [query | value | key].
@@ -124,20 +125,24 @@ def apply_rotary(x: paddle.Tensor, sin: paddle.Tensor, cos: paddle.Tensor) -> pa
 
 
 class CodeGenAttention(nn.Layer):
-    def __init__(self, config: CodeGenConfig):
+    def __init__(self, config: CodeGenConfig, parallel: TensorParallel = UNSPLIT):
         super().__init__()
         self.config = config
-        self.qkv_proj = nn.Linear(config.n_embd, 3 * config.n_embd, bias_attr=False)
-        self.out_proj = nn.Linear(config.n_embd, config.n_embd, bias_attr=False)
+        # split over ranks, each holds whole shards of the fused projection, so its heads are contiguous
+        self.shards = parallel.part(MP_NUM, "CodeGen's fused qkv shards")
+        self.num_heads = config.n_head // MP_NUM * self.shards
+        width = self.num_heads * config.head_dim
+        self.qkv_proj = nn.Linear(config.n_embd, 3 * width, bias_attr=False)
+        self.out_proj = nn.Linear(width, config.n_embd, bias_attr=False)
 
     def _split_qkv(self, qkv):
         c = self.config
         b, s = qkv.shape[0], qkv.shape[1]
-        shards = qkv.reshape([b, s, MP_NUM, 3, c.n_head // MP_NUM, c.head_dim])
+        shards = qkv.reshape([b, s, self.shards, 3, c.n_head // MP_NUM, c.head_dim])
         # shard order within the fused projection is query, value, key; unbind rather than three slices,
         # whose gradients would each be a zero-filled copy of the whole projection
         query, value, key = paddle.unbind(shards, axis=3)
-        heads = [b, s, c.n_head, c.head_dim]
+        heads = [b, s, self.num_heads, c.head_dim]
         return query.reshape(heads), key.reshape(heads), value.reshape(heads)
 
     def forward(self, x, sin, cos, bias, cache: KVCache | None, layer_index: int):
@@ -156,32 +161,38 @@ class CodeGenAttention(nn.Layer):
 
 
 class CodeGenMLP(nn.Layer):
-    def __init__(self, config: CodeGenConfig):
+    def __init__(self, config: CodeGenConfig, parallel: TensorParallel = UNSPLIT):
         super().__init__()
-        self.fc_in = nn.Linear(config.n_embd, config.inner_dim)
-        self.fc_out = nn.Linear(config.inner_dim, config.n_embd)
+        inner = parallel.part(config.inner_dim, "CodeGen's MLP width")
+        self.fc_in = nn.Linear(config.n_embd, inner)
+        self.fc_out = nn.Linear(inner, config.n_embd)
 
     def forward(self, x):
         return self.fc_out(F.gelu(self.fc_in(x), approximate=True))
 
 
 class CodeGenBlock(nn.Layer):
-    def __init__(self, config: CodeGenConfig):
+    def __init__(self, config: CodeGenConfig, parallel: TensorParallel = UNSPLIT):
         super().__init__()
+        self.parallel = parallel
         self.ln_1 = nn.LayerNorm(config.n_embd, epsilon=config.layer_norm_epsilon)
-        self.attn = CodeGenAttention(config)
-        self.mlp = CodeGenMLP(config)
+        self.attn = CodeGenAttention(config, parallel)
+        self.mlp = CodeGenMLP(config, parallel)
 
     def forward(self, x, sin, cos, bias, cache, layer_index):
         h = self.ln_1(x)
-        return x + self.attn(h, sin, cos, bias, cache, layer_index) + self.mlp(h)
+        if self.parallel.world == 1:
+            return x + self.attn(h, sin, cos, bias, cache, layer_index) + self.mlp(h)
+        # attention and MLP both read h and both end in the residual: one all-reduce of their
+        # summed partials is the two all-reduces' total, at half the collectives
+        return x + self.parallel.all_reduce(self.attn(h, sin, cos, bias, cache, layer_index) + self.mlp(h))
 
 
 class CodeGenModel(nn.Layer):
-    def __init__(self, config: CodeGenConfig):
+    def __init__(self, config: CodeGenConfig, parallel: TensorParallel = UNSPLIT):
         super().__init__()
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.h = nn.LayerList([CodeGenBlock(config) for _ in range(config.n_layer)])
+        self.h = nn.LayerList([CodeGenBlock(config, parallel) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, epsilon=config.layer_norm_epsilon)
 
 
@@ -189,13 +200,19 @@ class CodeGenForCausalLM(nn.Layer):
     """`model(input_ids, attention_mask=None, cache=None)` -> float32 logits [batch, seq, vocab].
 
     With a cache, `input_ids` are the new tokens and `attention_mask` covers the
-    cached positions plus the new ones ([batch, cache.length + seq]).
+    cached positions plus the new ones ([batch, cache.length + seq]). With `parallel`, this
+    rank's share of every block (models/parallel.py); the cache holds this rank's heads.
     """
 
-    def __init__(self, config: CodeGenConfig):
+    # Megatron's split (models/parallel.py): the Linears whose outputs, and whose inputs, are divided
+    column_parallel = ("qkv_proj", "fc_in")
+    row_parallel = ("out_proj", "fc_out")
+
+    def __init__(self, config: CodeGenConfig, parallel: TensorParallel = UNSPLIT):
         super().__init__()
         self.config = config
-        self.transformer = CodeGenModel(config)
+        self.parallel = parallel
+        self.transformer = CodeGenModel(config, parallel)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size)
         sin, cos = rotary_tables(config.n_positions, config.rotary_dim)
         self.register_buffer("rotary_sin", sin, persistable=False)
@@ -204,7 +221,8 @@ class CodeGenForCausalLM(nn.Layer):
     def new_cache(self, batch_size: int, max_length: int | None = None, dtype: str | None = None) -> KVCache:
         c = self.config
         dtype = dtype or self.lm_head.weight.dtype
-        return KVCache(c.n_layer, batch_size, c.n_head, max_length or c.n_positions, c.head_dim, dtype)
+        return KVCache(c.n_layer, batch_size, self.transformer.h[0].attn.num_heads, max_length or c.n_positions,
+                       c.head_dim, dtype)
 
     def forward(self, input_ids, attention_mask=None, cache: KVCache | None = None, last_only: bool = False):
         """`last_only` returns logits for the last position alone ([batch, 1, vocab]):

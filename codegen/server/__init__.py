@@ -11,7 +11,8 @@ the model's repetition penalty is in `protocol`; what is refused before any rout
 foreign `Host`s, bodies over --max-request-bytes) in `guards`.
 
 `codegen serve` and `codegen_server.py` both end up in `run(args)`; FastAPI and Paddle are imported
-only there, so adding the flags to a parser stays cheap.
+only there, so adding the flags to a parser stays cheap. Under `python -m paddle.distributed.launch`
+the model is split over the launch's processes: rank 0 serves, the others follow (see `ranks`).
 """
 from __future__ import annotations
 
@@ -36,8 +37,10 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     from ..checkpoints import resolve_model_dir
-    from .app import create_app
+    from ..inference.parallel import launch_rank, launch_world
+    from .app import create_app, load_predictor
     from .guards import is_loopback
+    from .ranks import LeadingPredictor, follow
 
     if settings.model is not None:
         resolve_model_dir(settings.model)   # a missing model fails now, not after the socket is up
@@ -45,6 +48,12 @@ def serve(settings: Settings) -> int:
     # thread it would replace uvicorn's and turn a graceful stop into an abort
     import paddle  # noqa: F401
 
+    leading = launch_world() > 1
+    if leading and settings.tensor_parallel == 1:
+        raise ValueError(f"--tensor-parallel 1 under a launch of {launch_world()} processes would start that many "
+                         f"servers on port {settings.port}: run codegen_server.py without the launcher")
+    if leading and launch_rank() != 0:
+        return follow(load_predictor(settings))
     if not settings.api_key and settings.api_key_file is None and not is_loopback(settings.host):
         logger.warning("listening on %s without --api-key: anyone who can reach it can use the model",
                        settings.host)
@@ -54,11 +63,14 @@ def serve(settings: Settings) -> int:
         failed.append(True)
         server.should_exit = True
 
-    app = create_app(settings, on_load_failure=on_load_failure)
+    load = (lambda: LeadingPredictor(load_predictor(settings))) if leading else None
+    app = create_app(settings, load, on_load_failure=on_load_failure)
     reload_keys_on_sighup(app)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
                                            log_level=settings.log_level, timeout_graceful_shutdown=5))
     server.run()
+    if leading and app.state.engine.ready:
+        app.state.engine.predictor.stop_followers()
     return 1 if failed else 0
 
 

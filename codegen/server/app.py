@@ -34,7 +34,8 @@ def load_predictor(settings: Settings):
     from ..predictor import Predictor
     return Predictor(settings.model, device=settings.device, quantize=settings.quantize,
                      use_fast=settings.use_faster, use_fp16_decoding=settings.use_fp16_decoding,
-                     prompt_cache_entries=settings.prompt_cache_entries, prompt_cache_mb=settings.prompt_cache_mb)
+                     prompt_cache_entries=settings.prompt_cache_entries, prompt_cache_mb=settings.prompt_cache_mb,
+                     tensor_parallel=settings.tensor_parallel)
 
 
 def model_id(predictor) -> str:

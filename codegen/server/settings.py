@@ -35,6 +35,7 @@ class Settings:
     max_request_bytes: int = 4 * 1024 * 1024
     use_faster: bool = True
     use_fp16_decoding: bool = True
+    tensor_parallel: int | None = None
     # defaults for what a request leaves out: PaddleNLP codegen_server.py's
     max_tokens: int = 16
     min_length: int = 0
@@ -57,6 +58,8 @@ class Settings:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if self.quantize not in (None, "int8"):
             raise ValueError(f"quantize must be 'int8' or none, got {self.quantize!r}")
+        if self.tensor_parallel is not None and self.tensor_parallel < 1:
+            raise ValueError(f"tensor_parallel must be at least 1 (1: no split), got {self.tensor_parallel}")
         if self.prompt_cache_entries < 0:
             raise ValueError(f"prompt_cache_entries must be >= 0, got {self.prompt_cache_entries}")
         if self.prompt_cache_mb < 1:
@@ -90,6 +93,8 @@ _HELP = {
     "quantize": "'int8' for int8 weights",
     "use_faster": "the fused CPU path when it builds (PaddleNLP's FasterGeneration switch)",
     "use_fp16_decoding": "fp16 weights (on CPU read at half the bytes, fp32 arithmetic)",
+    "tensor_parallel": "under python -m paddle.distributed.launch, split the model over its N processes (default: "
+                       "all of them): rank 0 serves HTTP, the others follow its batches",
     "max_batch_size": "most sequences decoded together; also the limit on prompts x n in one request",
     "max_queue": "requests allowed to wait for the model before new ones get 429",
     "prompt_cache_entries": "prompts whose KV cache is kept for reuse by the next similar prompt; one per "

@@ -125,7 +125,7 @@ def test_every_command_that_loads_a_model_takes_the_same_load_options(monkeypatc
     monkeypatch.setattr(codegen.taskflow, "Predictor", fake_predictor)  # bound at its import
     (tmp_path / "a.py").write_text("x = 1\n")
     flags = ["--model", tiny_model_dir, "--quantize", "int8", "--use-fp16-decoding", "--no-use-fast",
-             "--device", "cpu"]
+             "--device", "cpu", "--tensor-parallel", "1"]
     commands = [["generate", "x"], ["translate", tmp_path / "a.py", "--source", "python", "--target", "go"],
                 ["eval", "humaneval", "--output", tmp_path / "out", "--limit", "1"],
                 ["eval", "perplexity", tmp_path / "a.py"]]
@@ -133,4 +133,4 @@ def test_every_command_that_loads_a_model_takes_the_same_load_options(monkeypatc
         with pytest.raises(Loaded) as loaded:
             main([*map(str, command), *map(str, flags)])
         assert loaded.value.args[0] == {"device": "cpu", "quantize": "int8", "use_fast": False,
-                                        "use_fp16_decoding": True}, command
+                                        "use_fp16_decoding": True, "tensor_parallel": 1}, command

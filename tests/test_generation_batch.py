@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from codegen.generation import Batch, GenerationConfig, generate
-from codegen.models.fast import make_fast
+from codegen.inference.fast import make_fast
 
 from test_fast import copy_of, small_model
 from test_generation import VOCAB, ByteTokenizer, Recording, collect, tiny_model

@@ -40,7 +40,7 @@ def _generate(args):
         max_new_tokens=args.max_length, min_new_tokens=args.min_length, decode_strategy=args.decode_strategy,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams,
         repetition_penalty=args.repetition_penalty, num_return_sequences=args.num_return_sequences,
-        stop=args.stop or [], seed=args.seed)
+        stop=args.stop or [], seed=args.seed, prompt_lookup_num_tokens=args.prompt_lookup)
     config.validate()
     text = sys.stdin.read() if args.prompt == "-" else args.prompt
     prompt = text
@@ -125,6 +125,9 @@ def _add_generate(sub):
     p.add_argument("--language", default=None, help="start the prompt with CodeGeeX's tag for this language "
                    "(e.g. C++, Go, Python)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--prompt-lookup", type=int, default=0, metavar="K",
+                   help="draft up to K tokens per step from the prompt and verify them in one pass: faster when "
+                        "the output repeats the prompt (editing code); greedy output is unchanged (default 0: off)")
     add_load_arguments(p)
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.set_defaults(func=_generate)

@@ -25,7 +25,7 @@ class CodeGenerationTask:
                  output_scores: bool = False, use_faster: bool | None = None, use_fast: bool | None = None,
                  use_fp16_decoding: bool = False, num_return_sequences: int = 1, stop=None, seed: int | None = None,
                  language: str | None = None, device: str | None = None, quantize: str | None = None,
-                 tensor_parallel: int | None = None):
+                 tensor_parallel: int | None = None, prompt_lookup_num_tokens: int = 0):
         if decode_strategy not in STRATEGIES:
             raise ValueError(f"decode_strategy must be one of {', '.join(STRATEGIES)}, got {decode_strategy!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -41,7 +41,8 @@ class CodeGenerationTask:
             temperature=temperature, top_k=top_k, top_p=top_p,
             num_beams=num_beams if decode_strategy == "beam_search" else 1,
             length_penalty=length_penalty, repetition_penalty=repetition_penalty,
-            num_return_sequences=num_return_sequences, stop=list(stop or []), seed=seed)
+            num_return_sequences=num_return_sequences, stop=list(stop or []), seed=seed,
+            prompt_lookup_num_tokens=prompt_lookup_num_tokens)
         self.config.validate()
         self.batch_size = batch_size
         self.output_scores = output_scores

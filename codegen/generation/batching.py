@@ -102,6 +102,15 @@ def step(model, cache, tokens: list[int], mask: np.ndarray) -> np.ndarray:
         return logits[:, -1].numpy()
 
 
+def step_tokens(model, cache, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A decode step feeding each row n tokens, ids [rows, n] (n > 1 verifies drafts):
+    float32 logits [rows, n, vocab] after each of them."""
+    with paddle.no_grad():
+        logits = model(paddle.to_tensor(tokens), attention_mask=paddle.to_tensor(mask), cache=cache,
+                       last_only=tokens.shape[1] == 1)
+        return logits.numpy()
+
+
 def copy_positions(model, cache, start: int, end: int, max_length: int):
     """A new cache with room for `max_length` positions holding `cache`'s positions [start, end)."""
     copy = model.new_cache(cache.batch_size, max_length=max_length)

@@ -17,6 +17,9 @@ class GenerationConfig:
     `logprobs` N reports the N most likely alternatives at each step.
     `early_stopping` (beam search) ends a prompt as soon as `num_beams`
     hypotheses are finished instead of when no running beam can beat them.
+    `prompt_lookup_num_tokens` K > 0 (transformers' name; 0 is off) drafts up to
+    K tokens per step by prompt lookup and verifies them in one forward pass:
+    greedy output is unchanged, sampling still follows the model's distribution.
     """
     max_new_tokens: int = 128
     min_new_tokens: int = 0
@@ -32,6 +35,7 @@ class GenerationConfig:
     seed: int | None = None
     logprobs: int | None = None
     early_stopping: bool = False
+    prompt_lookup_num_tokens: int = 0
 
     @property
     def is_greedy(self) -> bool:
@@ -70,6 +74,9 @@ class GenerationConfig:
             _integer(self, "seed", minimum=0)
         if self.logprobs is not None:
             _integer(self, "logprobs", minimum=0)
+        _integer(self, "prompt_lookup_num_tokens", minimum=0)
+        if self.prompt_lookup_num_tokens and self.decode_strategy == "beam_search":
+            raise ValueError("prompt_lookup_num_tokens works with greedy_search and sampling, not beam_search")
         if not isinstance(self.early_stopping, bool):
             raise ValueError(f"early_stopping must be true or false, got {self.early_stopping!r}")
         return self

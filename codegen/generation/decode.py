@@ -11,6 +11,17 @@ the cache) from joining to leaving: joining copies only its own prompt in,
 leaving copies nothing, and the cache is laid out anew only when the timeline
 runs out of room. `stream` and `generate` run a batch of requests added up
 front until it is empty.
+
+Rows with `prompt_lookup_num_tokens` K feed up to K drafted tokens (see
+`lookup`) after their next one, and keep the drafts the model agrees with, plus
+the model's own token after them: several tokens from one forward pass. The
+timeline stays common, so the cache keeps, for every row, only as many of the
+step's positions as the row that kept the fewest; a row that kept more feeds
+its remaining accepted tokens again at the next step (`_Row.fed` counts those
+in the cache). The rest of the step's positions (rejected drafts, and the
+padding of rows that fed fewer tokens) are rolled back. So one row alone, the
+editor's case, gains every accepted draft, and rows sharing a step gain what
+they all accepted.
 """
 from __future__ import annotations
 
@@ -21,12 +32,13 @@ from typing import Iterator
 import numpy as np
 import paddle
 
-from .batching import PREFILL_POSITIONS, check_prompt, heal_prompt, only_choices, step, usable_vocab
+from .batching import PAD_ID, PREFILL_POSITIONS, check_prompt, heal_prompt, only_choices, step_tokens, usable_vocab
 from .beam import beam_search
 from .config import GenerationConfig
 from .detokenize import IncrementalText
 from .outputs import Sequence, StreamEvent
-from .processors import apply_repetition_penalty, log_softmax, sample_token, top_alternatives
+from .lookup import draft
+from .processors import apply_repetition_penalty, log_softmax, sample_given_draft, sample_token, top_alternatives
 from .prompt_cache import PromptCache
 
 # Spare positions given to the shared cache when it grows, so the timeline advances
@@ -68,11 +80,22 @@ class _Row:
         self.joined = 0         # where its first generated token was fed
         self.prefill: _Prefill | None = None   # its prompt's own cache, kept for the prompt cache
         self.seen: np.ndarray | None = None    # tokens so far, for the repetition penalty
+        self.fed = 0            # generated tokens in the cache: all but the last, or fewer after lookup
+        self._prompt_array = np.asarray(prompt) if config.prompt_lookup_num_tokens else None
 
     @property
     def steps_left(self) -> int:
-        """Decode steps (positions) it may still need: it feeds every token but its last."""
-        return self.config.max_new_tokens - len(self.tokens)
+        """Positions it may still need: it feeds every token but its last."""
+        return self.config.max_new_tokens - 1 - self.fed
+
+    def drafts(self) -> list[int]:
+        """Prompt-lookup guesses of its next tokens: as many as it may still accept beside the
+        model's own next token, and fed with its unfed tokens, at most 1 + K positions."""
+        count = min(self.config.prompt_lookup_num_tokens + self.fed + 1 - len(self.tokens),
+                    self.config.max_new_tokens - len(self.tokens) - 1)
+        if count < 1:
+            return []
+        return draft(np.concatenate((self._prompt_array, self.tokens)), count)
 
     def accept(self, token: int, logprobs: np.ndarray, eos: int | None, token_text) -> None:
         """Record the chosen token; `logprobs` is the row's raw log-softmax."""
@@ -149,6 +172,8 @@ class Batch:
         self.prompt_cache = prompt_cache
         self.prefill_chunk = prefill_chunk
         self.decode_steps = 0
+        self.drafted = 0        # prompt-lookup tokens proposed ...
+        self.accepted = 0       # ... and kept
         self._next_index = 0
         self._prefills: list[_Prefill] = []     # waiting for or in prefill
         self._ready: list[_Prefill] = []        # prefilled, waiting for room in the shared cache
@@ -213,24 +238,67 @@ class Batch:
         active = self._active
         if active:
             # the step runs over the slots from the first used to the last; free ones between
-            # ride along, seeing only their own new position
+            # ride along, seeing only their own new positions
             low, high = active[0].slot, active[-1].slot + 1
+            feeds = {row: row.tokens[row.fed:] + row.drafts() for row in active}
+            width = max(len(feed) for feed in feeds.values())
             length = self._cache.length
             starts = np.full(high - low, length)
-            tokens = np.zeros(high - low, dtype=np.int64)
-            for row in active:
-                starts[row.slot - low], tokens[row.slot - low] = row.start, row.tokens[-1]
-            mask = (np.arange(length + 1)[None, :] >= starts[:, None]).astype(np.int64)
+            tokens = np.full((high - low, width), PAD_ID, dtype=np.int64)
+            for row, feed in feeds.items():
+                starts[row.slot - low] = row.start
+                tokens[row.slot - low, :len(feed)] = feed
+            mask = (np.arange(length + width)[None, :] >= starts[:, None]).astype(np.int64)
             view = self._cache.rows(low, high)
-            logits = step(self.model, view, tokens.tolist(), mask)
+            logits = step_tokens(self.model, view, tokens, mask)
             if view is not self._cache:
-                self._cache.advance(1)
+                self._cache.advance(width)
             self.decode_steps += 1
-            self._choose(active, logits[[row.slot - low for row in active]])
+            if width == 1:
+                self._choose(active, logits[[row.slot - low for row in active], 0])
+                kept = {row: 1 for row in active}
+            else:
+                kept = self._verify(active, logits[[row.slot - low for row in active]], feeds)
+            self._roll_back(length, kept)
             events += self._events(active)
             self._leave([row for row in active if row.finish_reason is not None])
         events += self._prefill()
         return events
+
+    def _verify(self, rows: list[_Row], logits: np.ndarray, feeds: dict) -> dict:
+        """Choose each row's tokens from its step's logits [rows, width, vocab], position by position
+        while its drafts agree with what it chose; how many of its fed positions each row keeps."""
+        unfed = {row: len(row.tokens) - row.fed for row in rows}
+        drafts = {row: feeds[row][unfed[row]:] for row in rows}
+        kept = dict(unfed)
+        checking = list(range(len(rows)))
+        # the logits after a row's last chosen token predict its first draft, and so on
+        for j in range(logits.shape[1]):
+            at = [(i, unfed[rows[i]] - 1 + j) for i in checking]
+            going = [rows[i] for i, _ in at]
+            guesses = [drafts[row][j] if j < len(drafts[row]) else None for row in going]
+            self._choose(going, logits[tuple(zip(*at))], guesses)
+            checking = [i for (i, _), guess in zip(at, guesses)
+                        if guess is not None and rows[i].finish_reason is None and rows[i].tokens[-1] == guess]
+            for i in checking:
+                kept[rows[i]] += 1
+            if not checking:
+                break
+        for row in rows:
+            self.drafted += len(drafts[row])
+            self.accepted += kept[row] - unfed[row]
+        return kept
+
+    def _roll_back(self, length: int, kept: dict) -> None:
+        """Keep the step's first positions up to the fewest any running row kept; forget the rest.
+
+        Finished rows do not hold the others back: they leave now, keeping what they may for
+        the prompt cache."""
+        running = [n for row, n in kept.items() if row.finish_reason is None]
+        advance = min(running) if running else max(kept.values())
+        self._cache.truncate(length + advance)
+        for row, n in kept.items():
+            row.fed += min(n, advance)
 
     # -- the timeline --------------------------------------------------------------------
 
@@ -269,7 +337,7 @@ class Batch:
     def _remember(self, row: _Row) -> None:
         """Give the prompt cache this row's keys and values: its prompt's own cache, extended by
         the tokens it generated (copied out of its slot)."""
-        own, generated = row.prefill.cache, self._cache.length - row.joined
+        own, generated = row.prefill.cache, row.fed
         generated = min(generated, own.max_length - own.length)
         for layer, (keys, values) in enumerate(zip(self._cache.keys, self._cache.values)):
             end = row.joined + generated
@@ -400,8 +468,9 @@ class Batch:
     def _events(self, rows: list[_Row]) -> list[StreamEvent]:
         return [event for event in (row.event() for row in rows) if event is not None]
 
-    def _choose(self, rows: list[_Row], logits: np.ndarray) -> None:
-        """Pick each row's next token from its logits [rows, vocab] and record it."""
+    def _choose(self, rows: list[_Row], logits: np.ndarray, drafts: list[int | None] | None = None) -> None:
+        """Pick each row's next token from its logits [rows, vocab] and record it; a sampling row
+        with a draft token keeps it as often as its distribution allows (`sample_given_draft`)."""
         usable = self._usable
         logits[:, usable:] = -np.inf
         for i, row in enumerate(rows):
@@ -423,6 +492,9 @@ class Batch:
                 scores[i, eos] = -np.inf
             if config.is_greedy:
                 token = int(np.argmax(scores[i]))
+            elif drafts is not None and drafts[i] is not None:
+                token = sample_given_draft(scores[i], drafts[i], config.temperature, config.top_k, config.top_p,
+                                           row.rng)
             else:
                 token = sample_token(scores[i], config.temperature, config.top_k, config.top_p, row.rng)
             row.accept(token, raw_logprobs[i], eos, self._token_text)

@@ -46,6 +46,28 @@ def top_alternatives(logprobs: np.ndarray, n: int, token_text) -> dict[str, floa
 def sample_token(scores: np.ndarray, temperature: float, top_k: int, top_p: float,
                  rng: np.random.Generator) -> int:
     """Draw one token from a row of (penalized) logits after temperature, top-k and top-p."""
+    return _draw(*_distribution(scores, temperature, top_k, top_p), rng)
+
+
+def sample_given_draft(scores: np.ndarray, draft: int, temperature: float, top_k: int, top_p: float,
+                       rng: np.random.Generator) -> int:
+    """A token distributed exactly as `sample_token`'s, drawn knowing a guess `draft` (speculative sampling).
+
+    The draft was proposed with certainty (its proposal distribution q is a point mass), so
+    the rule "keep it with probability min(1, p/q), else draw from max(0, p - q) normalised"
+    becomes: keep it with probability p(draft), else draw from p without the draft. Either
+    way token x comes out with probability p(x); the draft is kept as often as possible.
+    """
+    ids, probs = _distribution(scores, temperature, top_k, top_p)
+    is_draft = ids == draft
+    kept = float(probs[is_draft].sum())
+    if rng.random() < kept or kept >= probs.sum():
+        return int(draft)
+    return _draw(ids, np.where(is_draft, 0.0, probs), rng)
+
+
+def _distribution(scores: np.ndarray, temperature: float, top_k: int, top_p: float):
+    """(ids, probabilities) that sampling draws from: the top-k and nucleus of softmax(scores / temperature)."""
     ids = np.arange(scores.shape[0])
     # shifted before dividing: a tiny temperature would take raw logits to inf, and inf - inf is NaN;
     # shifted, the best token is at 0 and the others at most overflow to -inf, probability 0
@@ -60,6 +82,10 @@ def sample_token(scores: np.ndarray, temperature: float, top_k: int, top_p: floa
     if top_p < 1.0:
         keep = _nucleus(probs, top_p)
         ids, probs = ids[keep], probs[keep]
+    return ids, probs
+
+
+def _draw(ids: np.ndarray, probs: np.ndarray, rng: np.random.Generator) -> int:
     cumulative = np.cumsum(probs)
     # side="right" never lands on a zero-probability (banned) token
     pick = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))

@@ -56,7 +56,8 @@ def generation_config(params: CompletionParams, max_new_tokens: int):
     config = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=min(params.min_tokens, max_new_tokens),
                               repetition_penalty=params.repetition_penalty,
                               num_return_sequences=params.n, stop=params.stop, seed=params.seed,
-                              logprobs=params.logprobs, **strategy)
+                              logprobs=params.logprobs,
+                              prompt_lookup_num_tokens=params.prompt_lookup_num_tokens, **strategy)
     try:
         config.validate()
     except ValueError as e:
@@ -73,7 +74,8 @@ def create_app(settings: Settings, load=None, on_load_failure=None) -> FastAPI:
     engine = Engine(load or (lambda: load_predictor(settings)), settings.max_batch_size, settings.max_queue, metrics)
     api_keys = APIKeys(settings.api_key or (), settings.api_key_file)
     defaults = Defaults(settings.max_tokens, settings.temperature, settings.top_p, settings.top_k,
-                        settings.decode_strategy, settings.repetition_penalty, settings.min_length)
+                        settings.decode_strategy, settings.repetition_penalty, settings.min_length,
+                        settings.prompt_lookup)
 
     async def watch_loading():
         await asyncio.to_thread(engine.loaded.wait)

@@ -204,10 +204,13 @@ class Engine:
             self._drop_cancelled_and_late()
             if not self._batch:
                 continue
-            decoded = self._batch.decode_steps
+            batch = self._batch
+            decoded, drafted, accepted = batch.decode_steps, batch.drafted, batch.accepted
             try:
-                events = self._batch.step()
-                self.decode_steps += self._batch.decode_steps - decoded
+                events = batch.step()
+                self.decode_steps += batch.decode_steps - decoded
+                self.metrics.draft_tokens.inc(batch.drafted - drafted)
+                self.metrics.accepted_tokens.inc(batch.accepted - accepted)
             except Exception as e:
                 logger.exception("generation failed")
                 for running in self._running:

@@ -40,6 +40,11 @@ class Metrics:
         self.queued_requests = Gauge("codegen_queued_requests", "Requests waiting to join the batch",
                                      registry=registry)
         self.batch_size = Gauge("codegen_batch_size", "Sequences in the last decode step", registry=registry)
+        self.draft_tokens = Counter("codegen_speculative_draft_tokens", "Tokens drafted by prompt lookup",
+                                    registry=registry)
+        self.accepted_tokens = Counter("codegen_speculative_accepted_tokens",
+                                       "Drafted tokens the model agreed with (generated without a step of their own)",
+                                       registry=registry)
         registry.register(_PromptCacheCollector(prompt_cache))
 
     def render(self) -> bytes:

@@ -22,6 +22,9 @@ from itertools import accumulate
 
 MAX_LOGPROBS = 5      # OpenAI's limit on `logprobs`
 MAX_STOP = 16         # OpenAI allows 4; editors sometimes send a few more
+# Drafts a request may ask for per step: each costs a position in the verifying forward pass, and
+# the fused CPU step reads the weights once only for up to 16 positions in all
+MAX_PROMPT_LOOKUP = 15
 MAX_NESTING = 64      # a Completions body nests 3 deep; deeper is refused before parsing
 
 # JSON strings (whose brackets are text) and the bytes that are not brackets, removed to measure nesting
@@ -69,6 +72,7 @@ class Defaults:
     decode_strategy: str = "sampling"     # for requests without a temperature
     repetition_penalty: float = 1.0       # for requests without presence/frequency penalties
     min_tokens: int = 0
+    prompt_lookup: int = 0                # prompt_lookup_num_tokens for requests without it
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ class CompletionParams:
     repetition_penalty: float
     seed: int | None
     min_tokens: int = 0
+    prompt_lookup_num_tokens: int = 0
 
     @property
     def greedy(self) -> bool:
@@ -127,6 +132,7 @@ COMPLETION_SCHEMA = {
         "presence_penalty": _nullable({"type": "number", "minimum": -2, "maximum": 2}),
         "frequency_penalty": _nullable({"type": "number", "minimum": -2, "maximum": 2}),
         "seed": _nullable({"type": "integer", "minimum": 0}),
+        "prompt_lookup_num_tokens": _nullable({"type": "integer", "minimum": 0, "maximum": MAX_PROMPT_LOOKUP}),
     },
 }
 
@@ -289,4 +295,6 @@ def parse_completion(body: dict, limits: Limits, defaults: Defaults) -> Completi
         repetition_penalty=_repetition_penalty(body, defaults.repetition_penalty),
         seed=seed,
         min_tokens=defaults.min_tokens,
+        prompt_lookup_num_tokens=_integer(body, "prompt_lookup_num_tokens", defaults.prompt_lookup,
+                                          low=0, high=MAX_PROMPT_LOOKUP),
     )

@@ -44,6 +44,7 @@ class Settings:
     top_p: float = 1.0
     top_k: int = 10
     repetition_penalty: float = 1.0
+    prompt_lookup: int = 0
     log_level: str = "info"
 
     def __post_init__(self):
@@ -78,6 +79,8 @@ class Settings:
             raise ValueError(f"decode_strategy must be greedy_search or sampling, got {self.decode_strategy!r}")
         if self.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty}")
+        if self.prompt_lookup < 0:
+            raise ValueError(f"prompt_lookup must be >= 0 (0 disables it), got {self.prompt_lookup}")
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
             raise ValueError(f"log_level must be critical, error, warning, info or debug, got {self.log_level!r}")
 
@@ -109,6 +112,8 @@ _HELP = {
     "top_p": "top_p of requests that leave it out",
     "top_k": "top_k of requests that leave it out (0 means no top-k filter)",
     "repetition_penalty": "for requests without presence_penalty or frequency_penalty (1 disables it)",
+    "prompt_lookup": "prompt_lookup_num_tokens of requests that leave it out: draft up to K tokens per step "
+                     "from the prompt and verify them in one pass (0 disables it)",
     "log_level": "critical, error, warning, info or debug",
 }
 

@@ -1,0 +1,307 @@
+"""Prompt-lookup decoding: drafts copied from the text, verified in one forward pass inside the one Batch loop.
+
+Greedy rows must give exactly plain greedy's tokens (and logprobs); sampling rows must still follow the
+model's distribution; stops, EOS, max_new_tokens and the stream must hold when several tokens come at once.
+"""
+import subprocess
+import sys
+from dataclasses import replace
+
+import httpx
+import numpy as np
+import paddle
+import pytest
+from scipy.stats import chisquare
+
+from codegen import Taskflow
+from codegen.generation import Batch, GenerationConfig, PromptCache, generate
+from codegen.generation.lookup import draft
+from codegen.generation.processors import sample_given_draft, sample_token
+from codegen.inference.fast import make_fast
+from codegen.predictor import Predictor
+from codegen.server.settings import Settings
+
+from test_fast import copy_of, needs_kernels, small_model
+from test_generation import VOCAB, ByteTokenizer, ScriptedModel, collect, tiny_model
+from test_server import running_server
+
+RNG = np.random.default_rng(11)
+BLOCK = RNG.integers(0, VOCAB, 10).tolist()
+# random text; the same block twice (as code being rewritten); a run of one token
+PROMPTS = [RNG.integers(0, VOCAB, 9).tolist(), BLOCK + RNG.integers(0, VOCAB, 5).tolist() + BLOCK[:3],
+           [7, 7, 7, 7, 7, 7], RNG.integers(0, VOCAB, 40).tolist()]
+
+# An editor's request to rewrite code it holds. The shipped model is too small to copy it back; the
+# drafts it accepts come from its own repetitions, which lookup finds in the text generated so far
+EDITING_PROMPT = '''def moving_average(values, window):
+    """Return the averages of each run of `window` consecutive values."""
+    averages = []
+    total = sum(values[:window])
+    averages.append(total / window)
+    for i in range(window, len(values)):
+        total += values[i] - values[i - window]
+        averages.append(total / window)
+    return averages
+
+
+# The same function with `values` renamed to `samples`:
+def moving_average(samples, window):
+    """Return the averages of each run of `window` consecutive samples."""
+'''
+
+
+def run(model, prompt, config, tokenizer=None, **batch_options):
+    """(sequence, events, batch) of one prompt decoded in its own Batch."""
+    batch = Batch(model, tokenizer or ByteTokenizer(), **batch_options)
+    (row,) = batch.add(prompt, config)
+    events = []
+    while batch:
+        events += batch.step()
+    return row.sequence(), events, batch
+
+
+def plain(model, prompt, config, tokenizer=None):
+    return generate(model, tokenizer or ByteTokenizer(), [prompt], replace(config, prompt_lookup_num_tokens=0))[0][0]
+
+
+# -- drafting ---------------------------------------------------------------------------
+
+def test_a_draft_continues_the_latest_earlier_occurrence_of_the_longest_matching_tail():
+    history = np.array([1, 2, 3, 9, 9, 5, 2, 3, 4, 4, 8, 1, 2, 3])
+    # [1 2 3] occurred once before, followed by 9 9 5 ...; [2 3] also after 6, which the 3-gram outranks
+    assert draft(history, 3) == [9, 9, 5]
+    assert draft(history, 20) == history[3:].tolist()
+    # [0 2 3] never occurred before; of [2 3]'s earlier occurrences the latest wins
+    assert draft(np.array([5, 2, 3, 6, 2, 3, 7, 0, 2, 3]), 2) == [7, 0]
+    # only the last token recurs
+    assert draft(np.array([4, 8, 6, 1, 8]), 5) == [6, 1, 8]
+
+
+def test_no_draft_without_an_earlier_occurrence_or_room():
+    assert draft(np.array([1, 2, 3, 4]), 4) == []
+    assert draft(np.array([5]), 4) == []
+    assert draft(np.array([1, 2, 1]), 0) == []
+
+
+# -- greedy: identical to plain greedy --------------------------------------------------------
+
+@pytest.mark.parametrize("fast", [False, pytest.param(True, marks=needs_kernels)], ids=["plain", "fused"])
+def test_greedy_tokens_and_logprobs_equal_plain_greedy_while_drafts_are_accepted(fast):
+    model = make_fast(copy_of(small_model(vocab_size=VOCAB, n_positions=128)), "fp32") if fast else tiny_model()
+    config = GenerationConfig(max_new_tokens=40, logprobs=2, prompt_lookup_num_tokens=8)
+    steps = tokens = accepted = 0
+    for prompt in PROMPTS:
+        alone = plain(model, prompt, config)
+        sequence, _, batch = run(model, prompt, config)
+        assert sequence.token_ids == alone.token_ids
+        assert sequence.finish_reason == alone.finish_reason
+        assert np.abs(np.array(sequence.token_logprobs) - alone.token_logprobs).max() <= 1e-4
+        assert [list(t) for t in sequence.top_logprobs] == [list(t) for t in alone.top_logprobs]
+        steps, tokens, accepted = steps + batch.decode_steps, tokens + len(alone.token_ids), accepted + batch.accepted
+    # random models repeat themselves, and the drafts catch it: fewer forward passes than tokens
+    assert accepted >= 10 and steps + accepted == tokens - len(PROMPTS)
+
+
+@pytest.mark.parametrize("fast", [False, pytest.param(True, marks=needs_kernels)], ids=["plain", "fused"])
+def test_rows_with_different_k_sharing_steps_and_joining_mid_batch_get_their_solo_tokens(fast):
+    model = make_fast(copy_of(small_model(vocab_size=VOCAB, n_positions=128)), "fp32") if fast else tiny_model()
+    batch = Batch(model, ByteTokenizer(), prefill_chunk=16)
+    configs = [GenerationConfig(max_new_tokens=n, logprobs=1, prompt_lookup_num_tokens=k)
+               for n, k in ((30, 0), (25, 8), (35, 3), (20, 5))]
+    rows, events = [], []
+    for prompt, config in zip(PROMPTS, configs):
+        rows += batch.add(prompt, config)
+        events += batch.step() + batch.step()
+    while batch:
+        events += batch.step()
+    got = collect(events)
+    for row, prompt, config in zip(rows, PROMPTS, configs):
+        alone = plain(model, prompt, config)
+        assert got[row.index]["token_ids"] == alone.token_ids
+        assert np.abs(np.array(got[row.index]["logprobs"]) - alone.token_logprobs).max() <= 1e-4
+    assert batch.accepted > 0
+
+
+def test_a_row_stored_in_the_prompt_cache_after_lookup_holds_the_keys_of_its_own_tokens():
+    """Rejected drafts must not survive in what the prompt cache keeps: the next prompt that continues
+    this one starts from it and must still get plain greedy's tokens."""
+    model = tiny_model()
+    config = GenerationConfig(max_new_tokens=30, prompt_lookup_num_tokens=8)
+    cache = PromptCache(4)
+    sequence, _, batch = run(model, PROMPTS[1], config, prompt_cache=cache)
+    assert batch.drafted > batch.accepted > 0       # it rejected some drafts, whose positions it wrote
+    follow_up = PROMPTS[1] + sequence.token_ids + [3, 1, 4]
+    again, _, _ = run(model, follow_up, config, prompt_cache=cache)
+    assert cache.hits == 1 and cache.reused_tokens > len(PROMPTS[1])
+    assert again.token_ids == plain(model, follow_up, config).token_ids
+
+
+# -- several tokens at once: stops, EOS, length, the stream ------------------------------------
+
+# a -> b -> c -> d -> a: once the prompt holds the cycle, every draft is right
+CYCLE = {ord("a"): ord("b"), ord("b"): ord("c"), ord("c"): ord("d"), ord("d"): ord("a")}
+CYCLE_PROMPT = list(b"xabcdabc")
+
+
+def test_a_stop_string_inside_an_accepted_run_cuts_there():
+    model = ScriptedModel(CYCLE, vocab=128)
+    config = GenerationConfig(max_new_tokens=40, stop=["cdab"], prompt_lookup_num_tokens=8)
+    sequence, events, batch = run(model, CYCLE_PROMPT, config)
+    assert sequence.text == "dab" and sequence.finish_reason == "stop"
+    assert sequence.token_ids == plain(model, CYCLE_PROMPT, config).token_ids
+    # the stop came in the second step's run of accepted tokens, not one token at a time
+    assert batch.decode_steps == 2 and batch.accepted >= 4
+    assert "".join(e.text for e in events) == "dab"
+
+
+@pytest.mark.parametrize("max_new_tokens", [1, 2, 3, 5, 9, 10, 17])
+def test_max_new_tokens_is_never_exceeded_however_many_drafts_are_right(max_new_tokens):
+    model = ScriptedModel(CYCLE, vocab=128)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, logprobs=0, prompt_lookup_num_tokens=8)
+    sequence, events, batch = run(model, CYCLE_PROMPT, config)
+    assert len(sequence.token_ids) == max_new_tokens and sequence.finish_reason == "length"
+    assert sequence.text == ("dabc" * 5)[:max_new_tokens]
+    assert sum(len(e.token_ids) for e in events) == max_new_tokens
+    assert batch.decode_steps < max_new_tokens - 1 or max_new_tokens <= 2
+
+
+def test_eos_where_a_draft_was_expected_ends_the_row_as_plain_decoding_does():
+    eos = ord("!")
+    model = ScriptedModel({**CYCLE, ord("d"): eos}, vocab=128)
+    prompt = list(b"abcdabcdab")     # drafts say "cdabcd..." after "ab"; the model ends after "cd"
+    config = GenerationConfig(max_new_tokens=20, prompt_lookup_num_tokens=8)
+    tokenizer = ByteTokenizer(eos_token_id=eos)
+    sequence, _, batch = run(model, prompt, config, tokenizer)
+    assert sequence.text == "cd" and sequence.finish_reason == "stop"
+    assert sequence.token_ids == plain(model, prompt, config, tokenizer).token_ids
+    assert batch.decode_steps == 1
+
+
+def test_streamed_deltas_of_accepted_runs_add_up_to_the_sequence_with_its_logprobs():
+    model = tiny_model()
+    config = GenerationConfig(max_new_tokens=40, logprobs=3, prompt_lookup_num_tokens=6)
+    for prompt in PROMPTS[1:3]:
+        sequence, events, batch = run(model, prompt, config)
+        assert any(len(e.token_ids) > 1 for e in events)      # some deltas carry an accepted run
+        (row,) = collect(events).values()
+        assert row["text"] == sequence.text and row["token_ids"] == sequence.token_ids
+        assert row["logprobs"] == sequence.token_logprobs and row["finishes"] == ["length"]
+        assert row["after_finish"] == 0
+        reference = plain(model, prompt, config)
+        assert np.abs(np.array(row["logprobs"]) - reference.token_logprobs).max() <= 1e-4
+
+
+# -- sampling: the model's distribution, drafts or not ---------------------------------------------
+
+def test_sampling_given_a_draft_draws_from_the_same_distribution_as_without():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=12).astype(np.float32) * 2
+    draws = 20000
+    for guess in (int(np.argmax(scores)), int(np.argmin(scores)), 3):
+        options = dict(temperature=0.8, top_k=6, top_p=0.95)
+        plain_draws = np.bincount([sample_token(scores, rng=rng, **options) for _ in range(draws)], minlength=12)
+        expected = plain_draws / draws
+        kept = expected > 0
+        drafted = np.bincount([sample_given_draft(scores, guess, rng=rng, **options) for _ in range(draws)],
+                              minlength=12)
+        assert drafted[~kept].sum() == 0    # nothing outside top-k and the nucleus
+        # with the exact probabilities computed by hand: softmax of the top-k, then the nucleus
+        assert chisquare(drafted[kept], plain_draws[kept] * drafted[kept].sum() / plain_draws[kept].sum()).pvalue > 1e-3
+
+
+def test_sampling_rows_with_lookup_follow_the_models_distribution_end_to_end():
+    """Over a 16-token vocabulary every token occurs in the prompt, so the second token is always
+    drafted: its pairs with the first must follow p(t1) p(t2 | t1) computed from full forwards."""
+    vocab, top_k, temperature = 16, 4, 0.7
+    model = tiny_model(seed=3, vocab=vocab)
+    tokenizer = ByteTokenizer(vocab=vocab)
+    prompt = list(range(vocab)) + [5, 9, 2]
+    config = GenerationConfig(max_new_tokens=3, decode_strategy="sampling", temperature=temperature, top_k=top_k,
+                              num_return_sequences=500, prompt_lookup_num_tokens=4)
+    batch = Batch(model, tokenizer)
+    rows = []
+    for seed in range(8):
+        rows += batch.add(prompt, replace(config, seed=seed))
+    while batch:
+        batch.step()
+    assert batch.drafted == len(rows) and 0 < batch.accepted < batch.drafted
+
+    def probabilities(ids):
+        with paddle.no_grad():
+            logits = model(paddle.to_tensor(np.array([ids]))).numpy()[0, -1].astype(np.float64) / temperature
+        best = np.argsort(-logits)[:top_k]
+        p = np.zeros(vocab)
+        p[best] = np.exp(logits[best] - logits[best].max())
+        return p / p.sum()
+
+    first = probabilities(prompt)
+    expected = np.concatenate([first[a] * probabilities(prompt + [a]) for a in range(vocab)])
+    observed = np.bincount([row.tokens[0] * vocab + row.tokens[1] for row in rows], minlength=vocab * vocab)
+    assert observed[expected == 0].sum() == 0
+    assert chisquare(observed[expected > 0], expected[expected > 0] * len(rows)).pvalue > 1e-3
+
+
+# -- options -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options, field", [
+    (dict(prompt_lookup_num_tokens=-1), "prompt_lookup_num_tokens"),
+    (dict(prompt_lookup_num_tokens=2.5), "prompt_lookup_num_tokens"),
+    (dict(prompt_lookup_num_tokens=4, decode_strategy="beam_search", num_beams=2), "prompt_lookup_num_tokens"),
+])
+def test_bad_prompt_lookup_options_are_named(options, field):
+    with pytest.raises(ValueError, match=field):
+        GenerationConfig(**options).validate()
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return Predictor(prompt_cache_entries=0)
+
+
+def test_the_shipped_model_on_an_editing_prompt_needs_fewer_steps_for_the_same_text(shipped):
+    ids = shipped.tokenizer.encode(EDITING_PROMPT)
+    config = GenerationConfig(max_new_tokens=96)
+    alone = generate(shipped.model, shipped.tokenizer, [ids], config)[0][0]
+    sequence, _, batch = run(shipped.model, ids, replace(config, prompt_lookup_num_tokens=8), shipped.tokenizer)
+    assert sequence.token_ids == alone.token_ids and len(alone.token_ids) == 96
+    # each step made one token and took its accepted drafts; the first token came from the prefill
+    assert batch.decode_steps + batch.accepted == 95 and batch.accepted >= 20
+
+
+def test_taskflow_and_cli_take_prompt_lookup_and_keep_greedy_output(tiny_model_dir):
+    options = dict(model=str(tiny_model_dir), decode_strategy="greedy_search", max_length=24)
+    prompts = ["def add(a, b):\n    return a + b\n\ndef add(", "x = [1, 2, 3, 1, 2, 3, 1, 2"]
+    assert Taskflow("code_generation", prompt_lookup_num_tokens=5, **options)(prompts) == \
+        Taskflow("code_generation", **options)(prompts)
+    with pytest.raises(ValueError, match="prompt_lookup_num_tokens"):
+        Taskflow("code_generation", prompt_lookup_num_tokens=-2, **options)
+
+    def cli(*flags):
+        result = subprocess.run([sys.executable, "-m", "codegen.cli", "generate", prompts[0], "--model",
+                                 str(tiny_model_dir), "--max-length", "24", *flags], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert cli("--prompt-lookup", "5") == cli()
+
+
+def test_server_flag_request_field_and_metrics_of_speculative_tokens():
+    """`--prompt-lookup` sets the default, a request may choose its own, and /metrics counts drafts."""
+    settings = Settings(prompt_lookup=8, prompt_cache_entries=0)
+    body = {"prompt": EDITING_PROMPT, "max_tokens": 64, "temperature": 0}
+    with running_server(settings) as (base, _), httpx.Client(timeout=120) as http:
+        with_lookup = http.post(base + "/v1/completions", json=body).json()["choices"][0]["text"]
+        metrics = http.get(base + "/metrics").text
+        without = http.post(base + "/v1/completions", json={**body, "prompt_lookup_num_tokens": 0})
+        bad = http.post(base + "/v1/completions", json={**body, "prompt_lookup_num_tokens": 99})
+        after = http.get(base + "/metrics").text
+    assert without.json()["choices"][0]["text"] == with_lookup
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "prompt_lookup_num_tokens"
+
+    def counter(text, name):
+        return float(next(line.split()[1] for line in text.splitlines() if line.startswith(name + " ")))
+
+    drafted, accepted = (counter(metrics, f"codegen_speculative_{what}_tokens_total") for what in ("draft", "accepted"))
+    assert drafted >= accepted >= 10
+    # the request without lookup drafted nothing
+    assert counter(after, "codegen_speculative_draft_tokens_total") == drafted

@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -44,16 +45,25 @@ def test_a_request_joins_a_running_stream_and_both_get_their_solo_greedy_text(ga
     wait_idle(engine)
     long_body = {"prompt": "def main():\n", "max_tokens": 150, **GREEDY}
     short_body = {"prompt": "import os\nimport sys\n", "max_tokens": 6, **GREEDY}
-    with httpx.Client(timeout=60) as http:
+    with httpx.Client(timeout=60) as http, ThreadPoolExecutor(1) as pool:
         solo_long, solo_short = completion_text(http, base, long_body), completion_text(http, base, short_body)
         calls_before = len(gate.calls)
-        with http.stream("POST", base + "/v1/completions", json={**long_body, "stream": True}) as streaming:
-            lines = streaming.iter_lines()
-            first = next(line for line in lines if line.startswith("data: {"))
-            (long_job,) = engine.running
-            assert completion_text(http, base, short_body) == solo_short
-            short_done_while_long_ran = long_job in engine.running
-            streamed = "".join(event_texts([first, *lines]))
+        # the long stream holds at its first decode step until the short request waits, so the
+        # short one joins with the long one's 149 steps ahead, however slow this machine is
+        hold_a_decode_step(gate)
+        try:
+            with http.stream("POST", base + "/v1/completions", json={**long_body, "stream": True}) as streaming:
+                lines = streaming.iter_lines()
+                first = next(line for line in lines if line.startswith("data: {"))
+                (long_job,) = engine.running
+                short = pool.submit(completion_text, http, base, short_body)
+                wait_until(lambda: engine._waiting, "the short request to wait for the worker")
+                gate.release()
+                assert short.result(READY_TIMEOUT) == solo_short
+                short_done_while_long_ran = long_job in engine.running
+                streamed = "".join(event_texts([first, *lines]))
+        finally:
+            gate.release()
     assert short_done_while_long_ran                   # the short request did not wait for the long one
     assert 2 in gate.calls[calls_before:]              # they shared decode steps
     assert streamed == solo_long

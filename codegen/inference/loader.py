@@ -29,7 +29,7 @@ import paddle.nn as nn
 from ..checkpoints import (CONFIG_FILE, WEIGHTS_FILE, SafetensorsFile, build_model, check_tensors,
                            expected_tensors, int8_linear_names, read_config, resolve_model_dir, weight_format)
 from ..weight_formats import cast_rows, pack_linear
-from .fast import FastCodeGenForCausalLM, _head_dtype, _release_freed_memory, use_sdpa_attention
+from .fast import FastCodeGenForCausalLM, _head_dtype, release_freed_memory, use_sdpa_attention
 from .quantize import WeightOnlyLinear
 
 
@@ -123,7 +123,7 @@ def load_planned(model_dir: Path, config: dict, plan: Plan) -> nn.Layer:
             full = f"{name}.{param_name}" if name else param_name
             array = cast_rows(_reader(weights, full), param.shape, plan.dtype)
             _device_tensor(array, place)._share_buffer_to(param)
-    _release_freed_memory()
+    release_freed_memory()
     model.eval()
     if plan.path == "gpu" and plan.dtype != "float32" and config["model_type"] == "codegen":
         use_sdpa_attention(model)

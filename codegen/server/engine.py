@@ -25,6 +25,10 @@ from .metrics import Metrics
 logger = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 256     # prompt positions prefilled per decode step
+# Finished jobs between two hand-backs of freed heap memory to the OS. Without them the server
+# grew 6.5% over 2,000 requests after its prompt cache was full, holding nothing more (glibc
+# kept the pages of freed prompt caches and logits); a hand-back takes about 2 ms.
+RELEASE_MEMORY_EVERY = 64
 
 
 class QueueFull(Exception):
@@ -136,6 +140,7 @@ class Engine:
         self.load_error: BaseException | None = None
         self.loaded = threading.Event()      # set when loading ended, well or not
         self.decode_steps = 0                # forward passes over the decoding rows so far
+        self._finished_since_release = 0
         self._waiting: deque[Job] = deque()
         self._wakeup = threading.Condition()
         self._stopping = False
@@ -220,6 +225,9 @@ class Engine:
                 self.metrics.active_rows.set(self._batch.rows)
                 self.metrics.batch_size.set(self._batch.decoding)
             self._deliver(events)
+            if self._finished_since_release >= RELEASE_MEMORY_EVERY:
+                self._finished_since_release = 0
+                self.predictor.release_freed_memory()
         for running in self._running:
             running.job.deliver(Finished())
         self._running = []
@@ -304,6 +312,7 @@ class Engine:
     def _finish(self, running: _Running, now: float) -> None:
         job = running.job
         self._running.remove(running)
+        self._finished_since_release += 1
         if job.generated > 1:
             self.metrics.time_per_output_token.observe((now - job.first_token_at) / (job.generated - 1))
         job.deliver(Finished())

@@ -235,3 +235,10 @@ class Predictor:
         """An empty joinable batch over this model and prompt cache: `add(ids, config)` prepared prompts
         (see `prepare`) at any time and `step()` it; `prefill_chunk` bounds the prompt positions per step."""
         return Batch(self.model, self.tokenizer, self.prompt_cache, prefill_chunk)
+
+    def release_freed_memory(self) -> None:
+        """Hand heap memory freed since the last call back to the OS. A long-running batch should call
+        this now and then: its prompt-cache entries and per-step arrays come and go in many sizes, and
+        glibc keeps the freed pages, so the process grows without holding more."""
+        from .inference import release_freed_memory
+        release_freed_memory()

@@ -137,6 +137,33 @@ def test_cached_steps_match_a_full_forward_for_padded_rows(model):
         assert seq.score == pytest.approx(sum(seq.token_logprobs), abs=1e-4)
 
 
+def test_rows_without_alternatives_report_the_raw_logprob_of_their_tokens(model):
+    # eos is the first greedy token: min_new_tokens bans it, yet the reported log-probabilities
+    # stay those of the raw model (eos included), as they are when a row asks for alternatives
+    eos = generate(model, ByteTokenizer(), [PROMPTS[2]], GenerationConfig(max_new_tokens=1))[0][0].token_ids[0]
+    tok = ByteTokenizer(eos_token_id=eos)
+    configs = [GenerationConfig(max_new_tokens=8),
+               GenerationConfig(max_new_tokens=8, decode_strategy="sampling", temperature=0.7, seed=4),
+               GenerationConfig(max_new_tokens=8, min_new_tokens=3),
+               GenerationConfig(max_new_tokens=8, min_new_tokens=3, logprobs=2)]
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[2], PROMPTS[2]]
+    run = stream(model, tok, [Request(p, c) for p, c in zip(prompts, configs)])
+    for _ in run:
+        pass
+    sequences = [row.sequence() for row in run.rows]
+    for prompt, config, seq in zip(prompts, configs, sequences):
+        reference = full_logprobs(model, prompt + seq.token_ids)[len(prompt) - 1:-1]
+        chosen = reference[np.arange(len(seq.token_ids)), seq.token_ids]
+        assert np.abs(np.array(seq.token_logprobs) - chosen).max() <= 1e-4
+        if config.is_greedy and not config.min_new_tokens:
+            assert seq.token_ids == reference.argmax(-1).tolist()
+        for step, top in enumerate(seq.top_logprobs or []):   # ids with the same text share a key
+            assert max(top.values()) == pytest.approx(reference[step].max(), abs=1e-4)
+    assert sequences[2].token_ids[0] != eos
+    assert sequences[2].token_logprobs == sequences[3].token_logprobs
+    assert sequences[2].top_logprobs is None and len(sequences[3].top_logprobs) == len(sequences[3].token_ids)
+
+
 def test_batched_greedy_gives_each_prompt_its_own_tokens(model):
     tok = ByteTokenizer()
     config = GenerationConfig(max_new_tokens=10)

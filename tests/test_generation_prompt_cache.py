@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from codegen.generation import GenerationConfig, PromptCache, Request, generate, stream
+from codegen.generation.prompt_cache import _common_prefix
 
 from test_generation import ByteTokenizer, Recording, collect, tiny_model
 
@@ -113,3 +114,14 @@ def test_a_request_replaces_the_entry_it_continued_but_not_one_it_shares_a_heade
 def test_max_bytes_must_be_positive():
     with pytest.raises(ValueError, match="max_bytes"):
         PromptCache(4, max_bytes=0)
+
+
+@pytest.mark.parametrize("differ_at", [0, 1, 63, 64, 65, 191, 192, 193, 447, 448, 999, None])
+def test_the_shared_prefix_is_found_wherever_the_prompts_part(differ_at):
+    entry = np.arange(1000)
+    prompt = entry.copy()
+    if differ_at is not None:
+        prompt[differ_at] = -1
+    expected = next((i for i in range(1000) if entry[i] != prompt[i]), 1000)
+    assert _common_prefix(entry, prompt) == _common_prefix(prompt, entry) == expected
+    assert _common_prefix(entry[:500], prompt) == min(expected, 500)

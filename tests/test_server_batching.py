@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from codegen.server import engine as engine_module
 from codegen.server import reload_keys_on_sighup
 from codegen.server.keys import fingerprint
 from codegen.server.settings import Settings
@@ -159,6 +160,20 @@ def key_file(tmp_path):
     path = tmp_path / "keys"
     path.write_text("# the team's keys\nalice-key\n\nbob-key\n")
     return path
+
+
+def test_the_worker_hands_freed_memory_back_every_few_finished_requests(gated, monkeypatch):
+    base, engine, gate = gated
+    wait_idle(engine)
+    releases = []
+    monkeypatch.setattr(engine_module, "RELEASE_MEMORY_EVERY", 3)
+    monkeypatch.setattr(engine.predictor, "release_freed_memory", lambda: releases.append(engine.decode_steps))
+    engine._finished_since_release = 0      # earlier tests' requests count too
+    with httpx.Client(timeout=60) as http:
+        for i in range(7):
+            completion_text(http, base, {"prompt": f"x = {i}\n", "max_tokens": 2, **GREEDY})
+            wait_idle(engine)
+    assert len(releases) == 2
 
 
 def test_several_keys_are_accepted_named_by_fingerprint_and_reloaded_on_sighup(model_dir, key_file, caplog):  # noqa: F811

@@ -32,6 +32,7 @@ from typing import Iterator
 import numpy as np
 import paddle
 
+from ..models.cache import write_positions
 from .batching import PAD_ID, PREFILL_POSITIONS, check_prompt, heal_prompt, only_choices, step_tokens, usable_vocab
 from .beam import beam_search
 from .config import GenerationConfig
@@ -97,14 +98,16 @@ class _Row:
             return []
         return draft(np.concatenate((self._prompt_array, self.tokens)), count)
 
-    def accept(self, token: int, logprobs: np.ndarray, eos: int | None, token_text) -> None:
-        """Record the chosen token; `logprobs` is the row's raw log-softmax."""
+    def accept(self, token: int, logprob: float, eos: int | None, token_text,
+               logprobs: np.ndarray | None = None) -> None:
+        """Record the chosen token with its raw log-probability; `logprobs`, the row's raw log-softmax,
+        is needed only when the row reports alternatives."""
         if token == eos:
-            self.eos_logprob = float(logprobs[token])
+            self.eos_logprob = logprob
             self.finish("stop")
             return
         self.tokens.append(token)
-        self.logprobs.append(float(logprobs[token]))
+        self.logprobs.append(logprob)
         if self.top is not None:
             self.top.append(top_alternatives(logprobs, self.config.logprobs, token_text))
         if self.text.add(token):
@@ -383,8 +386,8 @@ class Batch:
             free = [slot for slot, row in enumerate(self._slots) if row is None]
         for slot, row in zip(free, prefill.rows):
             for layer, (keys, values) in enumerate(zip(self._cache.keys, self._cache.values)):
-                keys[slot:slot + 1, :, now - length:now] = prefill.cache.keys[layer][:, :, :length]
-                values[slot:slot + 1, :, now - length:now] = prefill.cache.values[layer][:, :, :length]
+                write_positions(keys, now - length, prefill.cache.keys[layer][:, :, :length], slot)
+                write_positions(values, now - length, prefill.cache.values[layer][:, :, :length], slot)
             row.slot, row.start, row.joined = slot, now - length, now
             self._slots[slot] = row
         if self.prompt_cache is not None and prefill.rows[0].config.num_return_sequences == 1:
@@ -476,7 +479,11 @@ class Batch:
         for i, row in enumerate(rows):
             if row.first_choices is not None and not row.tokens:
                 only_choices(logits[i:i + 1], row.first_choices)
-        raw_logprobs = log_softmax(logits)
+        # the chosen token's log-probability needs only each row's log-sum-exp; the whole
+        # log-softmax (a few passes over the vocabulary) only rows reporting alternatives
+        peak = logits.max(axis=-1, keepdims=True)
+        shifted = logits - peak
+        log_total = np.log(np.exp(shifted, out=shifted).sum(axis=-1))
         scores = logits
         if any(row.seen is not None for row in rows):
             scores = logits.copy()
@@ -488,16 +495,20 @@ class Batch:
         eos = self.tokenizer.eos_token_id
         for i, row in enumerate(rows):
             config = row.config
+            row_scores = scores[i]
             if eos is not None and eos < usable and len(row.tokens) < config.min_new_tokens:
-                scores[i, eos] = -np.inf
+                row_scores = row_scores.copy()      # the logits stay raw for the log-probabilities
+                row_scores[eos] = -np.inf
             if config.is_greedy:
-                token = int(np.argmax(scores[i]))
+                token = int(np.argmax(row_scores))
             elif drafts is not None and drafts[i] is not None:
-                token = sample_given_draft(scores[i], drafts[i], config.temperature, config.top_k, config.top_p,
+                token = sample_given_draft(row_scores, drafts[i], config.temperature, config.top_k, config.top_p,
                                            row.rng)
             else:
-                token = sample_token(scores[i], config.temperature, config.top_k, config.top_p, row.rng)
-            row.accept(token, raw_logprobs[i], eos, self._token_text)
+                token = sample_token(row_scores, config.temperature, config.top_k, config.top_p, row.rng)
+            logprob = float(logits[i, token] - peak[i, 0] - log_total[i])
+            row.accept(token, logprob, eos, self._token_text,
+                       log_softmax(logits[i]) if row.top is not None else None)
             if row.seen is not None:
                 row.seen[token] = True
 

@@ -102,6 +102,15 @@ def _nbytes(cache) -> int:
 
 
 def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    """Length of the shared prefix. Every lookup compares the prompt with every entry and most
+    entries (other editors' files) differ early: stretches that double from 64 tokens find that
+    without comparing whole prompts."""
     n = min(len(a), len(b))
-    differ = np.flatnonzero(a[:n] != b[:n])
-    return int(differ[0]) if differ.size else n
+    start, width = 0, 64
+    while start < n:
+        end = min(n, start + width)
+        differ = np.flatnonzero(a[start:end] != b[start:end])
+        if differ.size:
+            return start + int(differ[0])
+        start, width = end, 2 * width
+    return n

@@ -5,6 +5,7 @@ streams the weights into it; `quantize` holds `WeightOnlyLinear`, the Linear who
 narrow weights the kernels read; `fast` the fused CodeGen model and the GPU attention.
 Kept apart from `codegen.models`, which is the architectures in plain Paddle.
 """
+from .fast import release_freed_memory
 from .loader import Plan, decide, load_for_inference
 
-__all__ = ["Plan", "decide", "load_for_inference"]
+__all__ = ["Plan", "decide", "load_for_inference", "release_freed_memory"]

@@ -123,7 +123,7 @@ def make_fast(model: CodeGenForCausalLM, weight_dtype: str = "fp32", head_dtype:
     return FastCodeGenForCausalLM(model, kernels)
 
 
-def _release_freed_memory():
+def release_freed_memory():
     """Hand the heap's freed pages back to the OS (glibc keeps them after many mid-size frees)."""
     import ctypes
     try:

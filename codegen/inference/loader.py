@@ -34,7 +34,7 @@ from ..checkpoints import (CONFIG_FILE, WEIGHTS_FILE, SafetensorsFile, build_mod
                            expected_tensors, int8_linear_names, read_config, resolve_model_dir, weight_format)
 from ..models.parallel import UNSPLIT, TensorParallel
 from ..weight_formats import cast_rows, int8_scales, pack_linear, row_blocks
-from .fast import FastCodeGenForCausalLM, _head_dtype, _release_freed_memory, use_sdpa_attention
+from .fast import FastCodeGenForCausalLM, _head_dtype, release_freed_memory, use_sdpa_attention
 from .quantize import WeightOnlyLinear
 
 
@@ -133,7 +133,7 @@ def load_planned(model_dir: Path, config: dict, plan: Plan) -> nn.Layer:
             full = f"{name}.{param_name}" if name else param_name
             array = cast_rows(share.reader(weights, full), param.shape, plan.dtype)
             _device_tensor(array, place)._share_buffer_to(param)
-    _release_freed_memory()
+    release_freed_memory()
     model.eval()
     if plan.path == "gpu" and plan.dtype != "float32" and config["model_type"] == "codegen":
         use_sdpa_attention(model)

@@ -25,6 +25,12 @@ from .metrics import Metrics
 logger = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 256     # prompt positions prefilled per decode step
+# Finished jobs between two hand-backs of freed heap memory to the OS. Every request replaces
+# its editor's prompt-cache entry and every step allocates logits; glibc keeps the freed pages,
+# so without hand-backs the server grew 6.5% over 2,000 requests after its prompt cache was
+# full, holding nothing more. What is freed between two hand-backs stays resident: with one
+# every 64 jobs it still grew 8%, with one every 8 about 3%. A hand-back takes about 2 ms.
+RELEASE_MEMORY_EVERY = 8
 
 
 class QueueFull(Exception):
@@ -136,6 +142,7 @@ class Engine:
         self.load_error: BaseException | None = None
         self.loaded = threading.Event()      # set when loading ended, well or not
         self.decode_steps = 0                # forward passes over the decoding rows so far
+        self._finished_since_release = 0
         self._waiting: deque[Job] = deque()
         self._wakeup = threading.Condition()
         self._stopping = False
@@ -223,6 +230,9 @@ class Engine:
                 self.metrics.active_rows.set(self._batch.rows)
                 self.metrics.batch_size.set(self._batch.decoding)
             self._deliver(events)
+            if self._finished_since_release >= RELEASE_MEMORY_EVERY:
+                self._finished_since_release = 0
+                self.predictor.release_freed_memory()
         for running in self._running:
             running.job.deliver(Finished())
         self._running = []
@@ -307,6 +317,7 @@ class Engine:
     def _finish(self, running: _Running, now: float) -> None:
         job = running.job
         self._running.remove(running)
+        self._finished_since_release += 1
         if job.generated > 1:
             self.metrics.time_per_output_token.observe((now - job.first_token_at) / (job.generated - 1))
         job.deliver(Finished())

@@ -3,8 +3,9 @@
 `decide` picks, from the checkpoint's architecture and stored weight format, the
 device and the user's flags (`quantize`, `use_fp16_decoding`, `use_fast`), one of:
 
-- "fused-cpu": CodeGen on the compiled CPU kernels (`FastCodeGenForCausalLM`), its
-  transformer Linears int8 / fp16 / bf16 / fp32 `WeightOnlyLinear`s;
+- "fused-cpu": CodeGen or CodeGeeX on the compiled CPU kernels (`FastCodeGenForCausalLM`,
+  `FastCodeGeeXForCausalLM`), the transformer Linears int8 / fp16 / bf16 / fp32
+  `WeightOnlyLinear`s;
 - "gpu": the whole model in fp32 / fp16 / bf16 on the GPU (CodeGen's attention
   through fused SDPA when half precision);
 - "plain": Paddle's eager model, on CPU or GPU, its Linears `WeightOnlyLinear`s when
@@ -30,6 +31,7 @@ from ..checkpoints import (CONFIG_FILE, WEIGHTS_FILE, SafetensorsFile, build_mod
                            expected_tensors, int8_linear_names, read_config, resolve_model_dir, weight_format)
 from ..weight_formats import cast_rows, pack_linear
 from .fast import FastCodeGenForCausalLM, _head_dtype, _release_freed_memory, use_sdpa_attention
+from .fast_codegeex import FastCodeGeeXForCausalLM
 from .quantize import WeightOnlyLinear
 
 
@@ -72,11 +74,10 @@ def decide(model_type: str, stored: str, device: str, *, quantize: str | None = 
         if weights == "int8":
             return Plan("plain", device, linears="int8", head=None)
         return Plan("gpu", device, linears=None, head=None, dtype=weights)
-    if use_fast is not False and model_type == "codegen" and have_kernels():
-        return Plan("fused-cpu", device, linears=weights, head=_head_dtype(weights, None))
-    if use_fast and model_type != "codegen":
-        warnings.warn(f"the fused CPU kernels support CodeGen only; this {model_type} checkpoint runs on the "
-                      f"plain Paddle path", stacklevel=3)
+    if use_fast is not False and have_kernels():
+        # CodeGeeX's output projection is its tied fp32 word embeddings: no head of its own
+        return Plan("fused-cpu", device, linears=weights,
+                    head=_head_dtype(weights, None) if model_type == "codegen" else None)
     return Plan("plain", device, linears=None if weights == "float32" else weights, head=None)
 
 
@@ -128,7 +129,8 @@ def load_planned(model_dir: Path, config: dict, plan: Plan) -> nn.Layer:
     if plan.path == "gpu" and plan.dtype != "float32" and config["model_type"] == "codegen":
         use_sdpa_attention(model)
     if plan.path == "fused-cpu":
-        return FastCodeGenForCausalLM(model, _kernels())
+        fast = FastCodeGeeXForCausalLM if config["model_type"] == "codegeex" else FastCodeGenForCausalLM
+        return fast(model, _kernels())
     return model
 
 

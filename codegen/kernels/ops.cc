@@ -11,7 +11,8 @@
 //
 // Threads: OpenMP, as many as omp_get_max_threads() (OMP_NUM_THREADS; libgomp's default
 // is the CPUs this process may run on). A decode step of a CodeGen layer has three barriers,
-// a prompt's seven (CodeGeeX's, five and nine); how long threads spin at them before sleeping: codegen/__init__.py.
+// a prompt's seven (a CodeGeeX layer's: five and nine); how long threads spin at them before
+// sleeping: codegen/__init__.py.
 #include <omp.h>
 
 #include <algorithm>

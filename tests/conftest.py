@@ -28,6 +28,55 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return make_tiny_codegen(tmp_path_factory.mktemp("tiny-codegen"))
 
 
+def train_tiny_codegeex():
+    """The golden CodeGeeX's config trained briefly on real code: its predictions are peaked like a trained
+    model's, where the random golden model's near-ties let any rounding flip the top-1.
+
+    Tokens are the CodeGeeX tokenizer's, renumbered into the tiny model's 1,024-row vocabulary
+    (0: not seen in training). Returns the model and 8 held-out windows of 64 tokens (512 predictions).
+    """
+    import numpy as np
+    import paddle
+    from codegen.models.codegeex import CodeGeeXConfig, CodeGeeXForCausalLM
+    from codegen.tokenizer import codegeex_tokenizer
+    tokenizer = codegeex_tokenizer()
+    # frozen copies of two of our model files: editing the code must not move the measured agreement
+    train = tokenizer.encode((FIXTURES / "codegeex" / "agreement_train.py.txt").read_text())
+    held_out = tokenizer.encode((FIXTURES / "codegeex" / "agreement_held_out.py.txt").read_text())
+    vocab = {token: i + 1 for i, token in enumerate(dict.fromkeys(train))}
+    assert len(vocab) < 1024
+    paddle.seed(0)
+    model = CodeGeeXForCausalLM(CodeGeeXConfig(hidden_size=64, num_layers=4, num_attention_heads=4,
+                                               padded_vocab_size=1024, max_position_embeddings=64))
+    windows = [[vocab[t] for t in train[i:i + 64]] for i in range(0, len(train) - 64, 64)]
+    ids = paddle.to_tensor(windows, dtype="int64")
+    optimizer = paddle.optimizer.AdamW(learning_rate=3e-3, parameters=model.parameters())
+    model.train()
+    for _ in range(60):
+        step_logits = model(ids[:, :-1])
+        loss = paddle.nn.functional.cross_entropy(step_logits.reshape([-1, 1024]), ids[:, 1:].reshape([-1]))
+        loss.backward()
+        optimizer.step()
+        optimizer.clear_grad()
+    model.eval()
+    return model, np.array([[vocab.get(t, 0) for t in held_out[i * 64:(i + 1) * 64]] for i in range(8)])
+
+
+@pytest.fixture(scope="session")
+def trained_codegeex():
+    """(model, held-out windows) of `train_tiny_codegeex`. Read-only: convert a `copy_codegeex` of it."""
+    return train_tiny_codegeex()
+
+
+def copy_codegeex(model):
+    """A fresh CodeGeeXForCausalLM with `model`'s weights (converting one to int8 etc. is in place)."""
+    from codegen.models.codegeex import CodeGeeXForCausalLM
+    clone = CodeGeeXForCausalLM(model.config)
+    clone.set_state_dict({name: tensor.clone() for name, tensor in model.state_dict().items()})
+    clone.eval()
+    return clone
+
+
 def two_rank_launch(script: Path, model_dir: Path, directory: Path, *flags: str) -> list[str]:
     """`paddle.distributed.launch` of `script` (run_clm.py or a wrapper of its main) on 2 CPU ranks.
 

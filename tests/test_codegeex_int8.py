@@ -10,6 +10,7 @@ import pytest
 
 from codegen.checkpoints import convert, load_model
 from codegen.inference.quantize import WeightOnlyLinear, quantize_linears
+from conftest import copy_codegeex
 
 FIXTURES = Path(__file__).parent / "fixtures" / "codegeex"
 REFERENCE = np.load(FIXTURES / "codegeex-tiny-a.npz")
@@ -93,43 +94,11 @@ def test_int8_linears_take_about_a_quarter_of_fp32_memory(models):
     assert int8_bytes / fp32_bytes < 0.3
 
 
-def trained_code_model():
-    """The tiny config trained briefly on real code: its predictions are peaked like a trained model's,
-    where the random golden model's near-ties let any rounding flip the top-1.
-
-    Tokens are the CodeGeeX tokenizer's, renumbered into the tiny model's 1,024-row vocabulary
-    (0: not seen in training). Returns the model and 8 held-out windows of 64 tokens (512 predictions).
-    """
-    from codegen.models.codegeex import CodeGeeXConfig, CodeGeeXForCausalLM
-    from codegen.tokenizer import codegeex_tokenizer
-    tokenizer = codegeex_tokenizer()
-    models_dir = Path(__file__).parents[1] / "codegen" / "models"
-    train = tokenizer.encode((models_dir / "codegeex.py").read_text())
-    held_out = tokenizer.encode((models_dir / "codegen.py").read_text())
-    vocab = {token: i + 1 for i, token in enumerate(dict.fromkeys(train))}
-    assert len(vocab) < 1024
-    paddle.seed(0)
-    model = CodeGeeXForCausalLM(CodeGeeXConfig(hidden_size=64, num_layers=4, num_attention_heads=4,
-                                               padded_vocab_size=1024, max_position_embeddings=64))
-    windows = [[vocab[t] for t in train[i:i + 64]] for i in range(0, len(train) - 64, 64)]
-    ids = paddle.to_tensor(windows, dtype="int64")
-    optimizer = paddle.optimizer.AdamW(learning_rate=3e-3, parameters=model.parameters())
-    model.train()
-    for _ in range(60):
-        step_logits = model(ids[:, :-1])
-        loss = paddle.nn.functional.cross_entropy(step_logits.reshape([-1, 1024]), ids[:, 1:].reshape([-1]))
-        loss.backward()
-        optimizer.step()
-        optimizer.clear_grad()
-    model.eval()
-    return model, np.array([[vocab.get(t, 0) for t in held_out[i * 64:(i + 1) * 64]] for i in range(8)])
-
-
-def test_trained_model_int8_top1_agrees_with_fp32_on_held_out_code():
-    model, tokens = trained_code_model()
+def test_trained_model_int8_top1_agrees_with_fp32_on_held_out_code(trained_codegeex):
+    model, tokens = trained_codegeex
     reference = logits(model, tokens)
     probs = np.exp(reference - reference.max(-1, keepdims=True))
     assert (probs.max(-1) / probs.sum(-1)).mean() > 0.2, "not peaked enough for the test to mean anything"
-    int8 = quantize_linears(model, "int8")
+    int8 = quantize_linears(copy_codegeex(model), "int8")
     agreement = (logits(int8, tokens).argmax(-1) == reference.argmax(-1)).mean()
     assert agreement >= 0.99, f"top-1 agrees with fp32 on {agreement:.3f} of 512 held-out positions"

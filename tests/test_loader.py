@@ -57,11 +57,13 @@ def never(): raise AssertionError("the kernels were asked for off the fused CPU 
     ("codegen", "float16", "cpu", {"quantize": "int8"}, Plan("fused-cpu", "cpu", "int8", "float32")),
     ("codegen", "float32", "cpu", {"use_fast": False}, Plan("plain", "cpu", None, None)),
     ("codegen", "float32", "cpu", {"use_fast": False, "quantize": "int8"}, Plan("plain", "cpu", "int8", None)),
-    # CodeGeeX: plain Paddle, its Linears narrow as asked (fp16 included)
-    ("codegeex", "float32", "cpu", {}, Plan("plain", "cpu", None, None)),
-    ("codegeex", "float32", "cpu", {"quantize": "int8"}, Plan("plain", "cpu", "int8", None)),
-    ("codegeex", "float32", "cpu", {"use_fp16_decoding": True}, Plan("plain", "cpu", "float16", None)),
-    ("codegeex", "int8", "cpu", {}, Plan("plain", "cpu", "int8", None)),
+    # CodeGeeX likewise; its output projection is the fp32 word embeddings, no head of its own
+    ("codegeex", "float32", "cpu", {}, Plan("fused-cpu", "cpu", "float32", None)),
+    ("codegeex", "float32", "cpu", {"quantize": "int8"}, Plan("fused-cpu", "cpu", "int8", None)),
+    ("codegeex", "float32", "cpu", {"use_fp16_decoding": True}, Plan("fused-cpu", "cpu", "float16", None)),
+    ("codegeex", "bfloat16", "cpu", {}, Plan("fused-cpu", "cpu", "bfloat16", None)),
+    ("codegeex", "int8", "cpu", {}, Plan("fused-cpu", "cpu", "int8", None)),
+    ("codegeex", "float32", "cpu", {"use_fast": False, "quantize": "int8"}, Plan("plain", "cpu", "int8", None)),
     # GPU: the whole model in the format asked for, straight onto the device; int8 weight-only
     ("codegen", "float32", "gpu", {}, Plan("gpu", "gpu", None, None, "float32")),
     ("codegen", "float32", "gpu:1", {"use_fp16_decoding": True}, Plan("gpu", "gpu:1", None, None, "float16")),
@@ -84,8 +86,6 @@ def test_without_the_kernels_codegen_takes_the_plain_path_in_the_same_format():
 def test_flags_that_cannot_be_honoured_say_so():
     with pytest.raises(ValueError, match="quantize must be None or 'int8'"):
         decide("codegen", "float32", "cpu", quantize="int4")
-    with pytest.warns(UserWarning, match="fused CPU kernels support CodeGen only"):
-        assert decide("codegeex", "float32", "cpu", use_fast=True, have_kernels=never).path == "plain"
     # an int8 checkpoint stays int8: fp16 from it would only be int8's precision
     with pytest.warns(UserWarning, match="use_fp16_decoding asks for fp16 weights but the checkpoint holds int8"):
         plan = decide("codegen", "int8", "cpu", use_fp16_decoding=True, have_kernels=lambda: True)
@@ -166,9 +166,11 @@ def test_a_codegeex_int8_checkpoint_gives_the_logits_of_quantizing_at_load_time(
     config = FIXTURES / "codegeex" / "codegeex-tiny-a.json"
     ours = convert(source, tmp_path / "fp32", config_path=config)
     int8 = convert(source, tmp_path / "int8", config_path=config, quantize="int8")
-    expected = logits(quantize_linears(load_model(ours), "int8"))
+    expected = logits(make_fast(load_model(ours), "int8"))  # fused
     np.testing.assert_array_equal(logits(load_for_inference(int8)), expected)
     np.testing.assert_array_equal(logits(load_for_inference(ours, quantize="int8")), expected)
+    plain = logits(quantize_linears(load_model(ours), "int8"))
+    np.testing.assert_array_equal(logits(load_for_inference(int8, use_fast=False)), plain)
 
 
 @needs_kernels

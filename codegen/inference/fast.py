@@ -27,6 +27,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..models.cache import KVCache
+from ..models.codegeex import CodeGeeXForCausalLM
 from ..models.codegen import CodeGenAttention, CodeGenForCausalLM
 from .quantize import WeightOnlyLinear, quantize_linears, weight_dtype_name
 
@@ -96,25 +97,32 @@ def _head_dtype(weight_dtype: str, head_dtype: str | None) -> str:
     return weight_dtype if weight_dtype in ("float16", "float32") else "float32"
 
 
-def make_fast(model: CodeGenForCausalLM, weight_dtype: str = "fp32", head_dtype: str | None = None):
+def make_fast(model: CodeGenForCausalLM | CodeGeeXForCausalLM, weight_dtype: str = "fp32",
+              head_dtype: str | None = None):
     """Convert `model` in place for fast CPU inference and wrap it.
 
     `weight_dtype` ('int8', 'bf16', 'fp16' or 'fp32') is the format of the
-    transformer blocks' Linears; `head_dtype` that of the LM head (default:
+    transformer blocks' Linears; `head_dtype` that of CodeGen's LM head (default:
     fp32 for int8, as quantize="int8" leaves the logits matmul alone, and for
-    bf16; fp16 for fp16). Embeddings and LayerNorms stay fp32. Returns the wrapped
-    model, or `model` unchanged (after one warning) if the kernels cannot be
-    built here.
+    bf16; fp16 for fp16; CodeGeeX's output projection is its fp32 word embeddings).
+    Embeddings and LayerNorms stay fp32. Returns the wrapped model, or `model`
+    unchanged (after one warning) if the kernels cannot be built here.
     """
     from ..kernels import load
+    from .fast_codegeex import FastCodeGeeXForCausalLM
 
-    if not isinstance(model, CodeGenForCausalLM):
-        raise ValueError(f"make_fast takes a CodeGenForCausalLM, got {type(model).__name__}")
+    if not isinstance(model, (CodeGenForCausalLM, CodeGeeXForCausalLM)):
+        raise ValueError(f"make_fast takes a CodeGenForCausalLM or CodeGeeXForCausalLM, got {type(model).__name__}")
     weight_dtype = weight_dtype_name(weight_dtype)
     head_dtype = _head_dtype(weight_dtype, head_dtype)
     kernels = load()
     if kernels is None:
         return model
+    if isinstance(model, CodeGeeXForCausalLM):
+        if any(isinstance(layer, WeightOnlyLinear) for layer in model.sublayers()):
+            raise ValueError("make_fast converts a float32 model with plain Linears (not one already converted)")
+        model.eval()
+        return FastCodeGeeXForCausalLM(quantize_linears(model, weight_dtype), kernels)
     if not isinstance(model.lm_head, nn.Linear) or model.lm_head.weight.dtype != paddle.float32:
         raise ValueError("make_fast converts a float32 model with plain Linears (not one already converted)")
     quantize_linears(model, weight_dtype, skip=["lm_head"])

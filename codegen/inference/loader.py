@@ -3,8 +3,9 @@
 `decide` picks, from the checkpoint's architecture and stored weight format, the
 device and the user's flags (`quantize`, `use_fp16_decoding`, `use_fast`), one of:
 
-- "fused-cpu": CodeGen on the compiled CPU kernels (`FastCodeGenForCausalLM`), its
-  transformer Linears int8 / fp16 / bf16 / fp32 `WeightOnlyLinear`s;
+- "fused-cpu": CodeGen or CodeGeeX on the compiled CPU kernels (`FastCodeGenForCausalLM`,
+  `FastCodeGeeXForCausalLM`), the transformer Linears int8 / fp16 / bf16 / fp32
+  `WeightOnlyLinear`s;
 - "gpu": the whole model in fp32 / fp16 / bf16 on the GPU (CodeGen's attention
   through fused SDPA when half precision);
 - "plain": Paddle's eager model, on CPU or GPU, its Linears `WeightOnlyLinear`s when
@@ -35,6 +36,7 @@ from ..checkpoints import (CONFIG_FILE, WEIGHTS_FILE, SafetensorsFile, build_mod
 from ..models.parallel import UNSPLIT, TensorParallel
 from ..weight_formats import cast_rows, int8_scales, pack_linear, row_blocks
 from .fast import FastCodeGenForCausalLM, _head_dtype, release_freed_memory, use_sdpa_attention
+from .fast_codegeex import FastCodeGeeXForCausalLM
 from .quantize import WeightOnlyLinear
 
 
@@ -55,14 +57,15 @@ class Plan:
 
 
 def decide(model_type: str, stored: str, device: str, *, quantize: str | None = None,
-           use_fp16_decoding: bool = False, use_fast: bool | None = None,
+           use_fp16_decoding: bool = False, use_fast: bool | None = None, split: bool = False,
            have_kernels: Callable[[], bool] = lambda: _kernels() is not None) -> Plan:
     """The plan for a checkpoint of `model_type` whose weights are stored as `stored`
     (config.json's weight_format) on `device` ("cpu", "gpu", "gpu:N").
 
     Weights load in the format asked for (int8 with `quantize`, fp16 with
     `use_fp16_decoding`), else in the one stored. `have_kernels` is asked only when the
-    fused CPU path would be taken (building the kernels takes ~20 s the first time).
+    fused CPU path would be taken (building the kernels takes ~20 s the first time). `split`:
+    the model is divided over tensor-parallel ranks.
     """
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
@@ -79,11 +82,12 @@ def decide(model_type: str, stored: str, device: str, *, quantize: str | None = 
         if weights == "int8":
             return Plan("plain", device, linears="int8", head=None)
         return Plan("gpu", device, linears=None, head=None, dtype=weights)
-    if use_fast is not False and model_type == "codegen" and have_kernels():
-        return Plan("fused-cpu", device, linears=weights, head=_head_dtype(weights, None))
-    if use_fast and model_type != "codegen":
-        warnings.warn(f"the fused CPU kernels support CodeGen only; this {model_type} checkpoint runs on the "
-                      f"plain Paddle path", stacklevel=3)
+    # the fused CodeGeeX layer has no tensor-parallel form (it adds its residuals itself):
+    # a split CodeGeeX runs on the plain path
+    if use_fast is not False and not (split and model_type == "codegeex") and have_kernels():
+        # CodeGeeX's output projection is its tied fp32 word embeddings: no head of its own
+        return Plan("fused-cpu", device, linears=weights,
+                    head=_head_dtype(weights, None) if model_type == "codegen" else None)
     return Plan("plain", device, linears=None if weights == "float32" else weights, head=None)
 
 
@@ -95,7 +99,7 @@ def load_for_inference(model_dir, *, quantize: str | None = None, use_fast: bool
     model_dir = resolve_model_dir(model_dir)
     config = read_config(model_dir)
     plan = decide(config["model_type"], weight_format(config), device or paddle.get_device(), quantize=quantize,
-                  use_fp16_decoding=use_fp16_decoding, use_fast=use_fast)
+                  use_fp16_decoding=use_fp16_decoding, use_fast=use_fast, split=parallel.world > 1)
     return load_planned(model_dir, config, replace(plan, parallel=parallel))
 
 
@@ -138,7 +142,8 @@ def load_planned(model_dir: Path, config: dict, plan: Plan) -> nn.Layer:
     if plan.path == "gpu" and plan.dtype != "float32" and config["model_type"] == "codegen":
         use_sdpa_attention(model)
     if plan.path == "fused-cpu":
-        return FastCodeGenForCausalLM(model, _kernels())
+        fast = FastCodeGeeXForCausalLM if config["model_type"] == "codegeex" else FastCodeGenForCausalLM
+        return fast(model, _kernels())
     return model
 
 

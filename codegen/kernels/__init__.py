@@ -130,6 +130,26 @@ class Kernels:
         return self._run("codegen_decoder_layer", x, *block_weights, key_cache, value_cache, attention_mask, sin,
                          cos, past, num_heads, rotary_dim, mp_num, eps, residual)[0]
 
+    @staticmethod
+    def codegeex_layer_weights(input_ln, qkv, dense, post_ln, fc1, fc2) -> tuple:
+        """A CodeGeeX layer's tensors in the order `codegeex_layer` takes them: two LayerNorms and
+        four `WeightOnlyLinear`s with biases, `qkv` packed [query | value | key]. Build it once per
+        layer, as `block_weights`."""
+        return (input_ln.weight, input_ln.bias, qkv.weight, qkv.weight_scale, qkv.bias, dense.weight,
+                dense.weight_scale, dense.bias, post_ln.weight, post_ln.bias, fc1.weight, fc1.weight_scale,
+                fc1.bias, fc2.weight, fc2.weight_scale, fc2.bias)
+
+    def codegeex_layer(self, x, layer_weights: tuple, key_cache, value_cache, attention_mask, query=None, *,
+                       past: int, num_heads: int, eps: float):
+        """One CodeGeeX layer for the new tokens x [b, s, embd] fp32; returns its output.
+
+        `layer_weights` comes from `codegeex_layer_weights`; `query` [b, s, embd] is the top-query
+        layer's query input (the top-query embeddings of the new positions), None for the others.
+        Caches and mask as in `decoder_layer`.
+        """
+        return self._run("codegeex_decoder_layer", x, query, *layer_weights, key_cache, value_cache, attention_mask,
+                         past, num_heads, eps)[0]
+
 
 @contextlib.contextmanager
 def _file_lock(path: Path):

@@ -178,7 +178,7 @@ inline vf tanh(vf x) {
   return with_sign(div(sub(set1(1.0f), e), add(set1(1.0f), e)), x);
 }
 
-// GELU with the tanh approximation, as CodeGen and CodeGeeX were trained
+// GELU with the tanh approximation, as CodeGen was trained
 inline vf gelu(vf x) {
   const vf inner = mul(set1(0.7978845608028654f), fma(mul(set1(0.044715f), x), mul(x, x), x));
   return mul(mul(set1(0.5f), x), add(set1(1.0f), tanh(inner)));
@@ -187,6 +187,14 @@ inline vf gelu(vf x) {
 inline float gelu_scalar(float x) {
   return 0.5f * x * (1.0f + std::tanh(0.7978845608028654f * (x + 0.044715f * x * x * x)));
 }
+
+// CodeGeeX's "fast GELU", x * sigmoid(1.702 x) (MindSpore's), as 0.5 x (1 + tanh(0.851 x)):
+// sigmoid(z) = (1 + tanh(z / 2)) / 2, and tanh above never overflows
+inline vf sigmoid_gelu(vf x) {
+  return mul(mul(set1(0.5f), x), add(set1(1.0f), tanh(mul(set1(0.851f), x))));
+}
+
+inline float sigmoid_gelu_scalar(float x) { return 0.5f * x * (1.0f + std::tanh(0.851f * x)); }
 
 inline float bf16_to_float(uint16_t h) {
   const uint32_t bits = static_cast<uint32_t>(h) << 16;

@@ -1,6 +1,5 @@
 """tools/make_synthetic_checkpoint.py at tiny sizes: the layouts bench/bench_big_models.py writes at full
 size (THUDM's CodeGeeX .pt, Hugging Face's sharded CodeGen safetensors) convert, load and generate."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,12 +8,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, REPO
+from conftest import FIXTURES, REPO, tool_module
 
-SCRIPT = REPO / "tools" / "make_synthetic_checkpoint.py"
-spec = importlib.util.spec_from_file_location("make_synthetic_checkpoint", SCRIPT)
-synthetic = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(synthetic)
+synthetic = tool_module("make_synthetic_checkpoint")
 
 # the golden tiny CodeGeeX's shapes: 3 standard layers and the top-query layer, which our num_layers counts
 TINY_CODEGEEX = dict(hidden_size=64, num_layers=4, num_attention_heads=4, padded_vocab_size=1024,

@@ -210,9 +210,10 @@ def measure(side: Side, args, t_process_start: float, probe) -> dict:
     return result
 
 
-def roofline(result: dict, weight_bytes: int, config, new_tokens: int, kv_itemsize: int) -> dict:
+def roofline(result: dict, weight_bytes: int, config, new_tokens: int, kv_itemsize: int,
+             prompt_tokens: int = 64) -> dict:
     # each decode step reads every weight once plus the keys and values so far
-    mean_context = 64 + new_tokens / 2
+    mean_context = prompt_tokens + new_tokens / 2
     kv_bytes = 2 * config["n_layer"] * config["n_embd"] * mean_context * kv_itemsize
     bytes_per_token = weight_bytes + kv_bytes
     bandwidth = result.pop("bandwidth")
@@ -259,6 +260,43 @@ def numpy_read_bandwidth() -> float:
 
 # ---- our side -------------------------------------------------------------------------
 
+class PaddleSide(Side):
+    """Greedy steps of one of our models (fused or plain Paddle), batch rows in lockstep."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def prefill(self, ids, new_tokens):
+        import paddle
+        ids = paddle.to_tensor(ids, dtype="int64")
+        # room for exactly this run, as transformers' growing cache holds
+        cache = self.model.new_cache(ids.shape[0], ids.shape[1] + new_tokens)
+        with paddle.no_grad():
+            logits = self.model(ids, None, cache, last_only=True)
+        return logits[:, -1].argmax(-1).numpy(), cache
+
+    def step(self, tokens, cache):
+        import paddle
+        with paddle.no_grad():
+            logits = self.model(paddle.to_tensor(tokens, dtype="int64").unsqueeze(1), None, cache)
+        return logits[:, -1].argmax(-1).numpy(), cache
+
+
+def bandwidth_probe(buffer):
+    """Bytes/s of the kernels' streaming read of `buffer` (a float32 tensor), per call."""
+    from codegen import kernels
+    probe_kernels = kernels.load()
+    return lambda: read_rate(lambda: probe_kernels.read_bandwidth(buffer), buffer.numel().item() * 4)
+
+
+def linear_weight_bytes(model) -> int:
+    """Bytes of every Linear's weight, scales and bias: what a decode step reads (embeddings aside)."""
+    linears = [layer for layer in model.sublayers() if hasattr(layer, "weight") and layer.weight is not None
+               and len(layer.weight.shape) == 2 and "Embedding" not in type(layer).__name__]
+    return sum(t.numel().item() * t.element_size() for layer in linears
+               for t in (layer.weight, getattr(layer, "weight_scale", None), layer.bias) if t is not None)
+
+
 def ours(args) -> dict:
     t_start = args.t0
     sys.path.insert(0, str(REPO))
@@ -279,32 +317,13 @@ def ours(args) -> dict:
         fmt = format_name(args.dtype)
         model = load_planned(ours, read_config(ours), Plan("fused-cpu", "cpu", linears=fmt, head=_head_dtype(fmt, None)))
 
-    class Ours(Side):
-        def prefill(self, ids, new_tokens):
-            ids = paddle.to_tensor(ids, dtype="int64")
-            # room for exactly this run, as transformers' growing cache holds
-            cache = model.new_cache(ids.shape[0], ids.shape[1] + new_tokens)
-            with paddle.no_grad():
-                logits = model(ids, None, cache, last_only=True)
-            return logits[:, -1].argmax(-1).numpy(), cache
-
-        def step(self, tokens, cache):
-            with paddle.no_grad():
-                logits = model(paddle.to_tensor(tokens, dtype="int64").unsqueeze(1), None, cache)
-            return logits[:, -1].argmax(-1).numpy(), cache
-
-    from codegen import kernels
     # the probe reads the token embeddings: resident already, so it adds nothing to the peak RSS
     embeddings = (model.model if args.dtype != "plain" else model).transformer.wte.weight
-    probe_kernels = kernels.load()
-    probe = lambda: read_rate(lambda: probe_kernels.read_bandwidth(embeddings), embeddings.numel().item() * 4)
-    result = measure(Ours(), args, t_start, probe)
-    linears = [layer for layer in model.sublayers() if hasattr(layer, "weight") and layer.weight is not None
-               and len(layer.weight.shape) == 2 and "Embedding" not in type(layer).__name__]
-    weight_bytes = sum(t.numel().item() * t.element_size() for layer in linears
-                       for t in (layer.weight, getattr(layer, "weight_scale", None), layer.bias) if t is not None)
-    result.update(roofline(result, weight_bytes, model.config.to_dict(), args.new_tokens, kv_itemsize=4))
+    result = measure(PaddleSide(model), args, t_start, bandwidth_probe(embeddings))
+    result.update(roofline(result, linear_weight_bytes(model), model.config.to_dict(), args.new_tokens,
+                           kv_itemsize=4))
     result.update(prefill_roofline(result, model.config.to_dict(), "fp32" if args.dtype == "plain" else args.dtype))
+    from codegen import kernels
     result["prefill_kernels"] = kernels.load().prefill_kernels() if args.dtype != "plain" else None
     result["numpy_1thread_gbs"] = round(numpy_read_bandwidth() / 1e9, 1)
     result["versions"] = {"paddle": paddle.__version__, "numpy": np.__version__}

@@ -490,6 +490,7 @@ def _huggingface_codegen(src: Path):
 
 def _hf_tensors(src: Path) -> Iterator[tuple]:
     st_files = sorted(src.glob("*.safetensors"))
+    _check_shards(src, st_files)
     if st_files:
         for path in st_files:
             with open_safetensors(path) as f:
@@ -510,6 +511,21 @@ def _hf_tensors(src: Path) -> Iterator[tuple]:
                 continue
             dtype = np.float32 if t.dtype == "bfloat16" else np.dtype(t.dtype)
             yield name, t.shape, dtype, t.numpy
+
+
+def _check_shards(src: Path, st_files: list[Path]) -> None:
+    """A sharded download (model-0000X-of-0000N.safetensors) must hold every shard its index names:
+    a missing one would otherwise surface as a list of missing tensors."""
+    index_path = src / "model.safetensors.index.json"
+    if not index_path.is_file():
+        return
+    weight_map = read_json(index_path).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index_path}: no weight_map object")
+    missing = sorted(set(map(str, weight_map.values())) - {path.name for path in st_files})
+    if missing:
+        raise FileNotFoundError(f"{src}: shards {', '.join(missing)} named in {index_path.name} are missing "
+                                f"(an interrupted download?)")
 
 
 def _read_st(path: Path, name: str) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Shared fixtures: small models saved in codegen's format, made at test time, torch files written by
 hand, and the 2-rank training launch."""
+import importlib.util
 import json
 import math
 import pickle
@@ -13,6 +14,14 @@ import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]
+
+
+def tool_module(name: str):
+    """tools/NAME.py imported as a module (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_tiny_codegen(directory: Path, seed: int = 0, n_positions: int = 256) -> Path:

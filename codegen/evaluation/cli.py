@@ -57,7 +57,7 @@ def add_eval_subcommands(subparsers) -> argparse.ArgumentParser:
     _add_execution(p)
     p.set_defaults(func=_translate)
 
-    from ..cli import add_load_arguments
+    from ..load_flags import add_load_arguments
     p = sub.add_parser("perplexity", help="per-language perplexity on code files")
     p.add_argument("paths", nargs="+", help="code files or directories (language from the extension)")
     p.add_argument("--model", required=True, help="converted checkpoint directory or public name")
@@ -101,7 +101,7 @@ def _add_source(p):
 
 
 def _add_generation(p):
-    from ..cli import add_load_arguments
+    from ..load_flags import add_load_arguments
     g = p.add_argument_group("generation (with --model)")
     g.add_argument("-n", "--num-samples", type=int, default=1, help="samples per problem")
     g.add_argument("--temperature", type=float, default=0.8)
@@ -281,7 +281,7 @@ def _generation_config(args):
 
 
 def _load_predictor(args):
-    from ..cli import load_options
+    from ..load_flags import load_options
     from ..predictor import Predictor
     return Predictor(args.model, **load_options(args))
 

@@ -37,6 +37,15 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return make_tiny_codegen(tmp_path_factory.mktemp("tiny-codegen"))
 
 
+@pytest.fixture(scope="session")
+def golden_codegeex_dir(tmp_path_factory) -> Path:
+    """THUDM's tiny reference CodeGeeX converted to our format. Read-only for tests."""
+    from codegen.checkpoints import convert
+    golden = FIXTURES / "codegeex"
+    return convert(golden / "codegeex-tiny-a.pt", tmp_path_factory.mktemp("golden-codegeex") / "tiny",
+                   config_path=golden / "codegeex-tiny-a.json")
+
+
 def train_tiny_codegeex():
     """The golden CodeGeeX's config trained briefly on real code: its predictions are peaked like a trained
     model's, where the random golden model's near-ties let any rounding flip the top-1.

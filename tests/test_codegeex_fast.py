@@ -10,7 +10,7 @@ import numpy as np
 import paddle
 import pytest
 
-from codegen.checkpoints import convert, load_model
+from codegen.checkpoints import load_model
 from codegen.inference import load_for_inference
 from codegen.inference.fast import make_fast
 from codegen.inference.fast_codegeex import FastCodeGeeXForCausalLM
@@ -26,19 +26,13 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c+
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory) -> Path:
-    return convert(FIXTURES / "codegeex-tiny-a.pt", tmp_path_factory.mktemp("codegeex") / "tiny",
-                   config_path=FIXTURES / "codegeex-tiny-a.json")
+def plain(golden_codegeex_dir):
+    return load_model(golden_codegeex_dir)
 
 
 @pytest.fixture(scope="module")
-def plain(converted):
-    return load_model(converted)
-
-
-@pytest.fixture(scope="module")
-def fast(converted):
-    model = load_for_inference(converted)
+def fast(golden_codegeex_dir):
+    model = load_for_inference(golden_codegeex_dir)
     assert isinstance(model, FastCodeGeeXForCausalLM)
     return model
 
@@ -85,11 +79,11 @@ def test_fp32_greedy_tokens_equal_the_reference_and_the_plain_path(fast, plain):
     assert greedy(fast, prompt, 40) == greedy(plain, prompt, 40)
 
 
-def test_taskflow_and_predictor_generate_the_reference_continuation_on_the_fused_path(converted):
+def test_taskflow_and_predictor_generate_the_reference_continuation_on_the_fused_path(golden_codegeex_dir):
     from codegen import Taskflow
     from codegen.generation import GenerationConfig
     expected = REFERENCE["greedy_new_ids"][0].tolist()
-    flow = Taskflow("code_generation", model=str(converted), decode_strategy="greedy_search",
+    flow = Taskflow("code_generation", model=str(golden_codegeex_dir), decode_strategy="greedy_search",
                     max_length=len(expected), min_length=len(expected), repetition_penalty=1.0, stop=[])
     assert isinstance(flow.predictor.model, FastCodeGeeXForCausalLM)
     prompt = REFERENCE["greedy_prompt"][0].tolist()
@@ -140,10 +134,10 @@ def test_steps_past_the_context_or_the_cache_are_refused(fast):
 # ---- narrow weights -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", FORMATS)
-def test_narrow_weights_greedy_tokens_equal_fp32_on_the_golden_prompt(converted, dtype):
+def test_narrow_weights_greedy_tokens_equal_fp32_on_the_golden_prompt(golden_codegeex_dir, dtype):
     flags = {"quantize": "int8"} if dtype == "int8" else {}
-    model = make_fast(load_model(converted), dtype) if dtype == "bf16" else load_for_inference(
-        converted, **flags, use_fp16_decoding=dtype == "fp16")
+    model = make_fast(load_model(golden_codegeex_dir), dtype) if dtype == "bf16" else load_for_inference(
+        golden_codegeex_dir, **flags, use_fp16_decoding=dtype == "fp16")
     assert {layer.weight_dtype for layer in model.model.sublayers() if isinstance(layer, WeightOnlyLinear)} == \
         {{"int8": "int8", "fp16": "float16", "bf16": "bfloat16"}[dtype]}
     expected = REFERENCE["greedy_new_ids"][0].tolist()
@@ -163,22 +157,22 @@ def test_narrow_weights_top1_agrees_with_fp32_on_held_out_code(trained_codegeex,
     assert (logits(fast, tokens).argmax(-1) == reference).mean() >= 0.99
 
 
-def test_int8_prompts_are_weight_only(converted):
+def test_int8_prompts_are_weight_only(golden_codegeex_dir):
     """CodeGeeX's int8 prompt GEMMs keep the activations fp32 (rounding them to u8 as CodeGen's
     prompts do flipped 1.2% of the trained model's predictions): a 32-token prompt gives the plain
     int8 model's logits, whose Linears are weight-only."""
     from codegen.inference.quantize import quantize_linears
     ids = np.random.default_rng(0).integers(0, 1024, size=(1, 32))
-    plain_int8 = quantize_linears(load_model(converted), "int8")
-    np.testing.assert_allclose(logits(load_for_inference(converted, quantize="int8"), ids),
+    plain_int8 = quantize_linears(load_model(golden_codegeex_dir), "int8")
+    np.testing.assert_allclose(logits(load_for_inference(golden_codegeex_dir, quantize="int8"), ids),
                                logits(plain_int8, ids), atol=1e-4, rtol=0)
 
 
-def test_fused_int8_is_the_plain_int8_model(converted):
+def test_fused_int8_is_the_plain_int8_model(golden_codegeex_dir):
     """Same int8 weights, same arithmetic up to the activations' rounding: the kernels add no error
     of their own beyond it (the plain int8 Linears keep activations fp32)."""
     from codegen.inference.quantize import quantize_linears
-    plain_int8 = quantize_linears(load_model(converted), "int8")
-    fused = load_for_inference(converted, quantize="int8")
+    plain_int8 = quantize_linears(load_model(golden_codegeex_dir), "int8")
+    fused = load_for_inference(golden_codegeex_dir, quantize="int8")
     ids = REFERENCE["input_ids"][:1, :8]  # a decode-sized step: int16 activations, 2^-16 of their range
     np.testing.assert_allclose(logits(fused, ids), logits(plain_int8, ids), atol=2e-3, rtol=0)

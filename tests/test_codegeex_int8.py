@@ -8,7 +8,7 @@ import numpy as np
 import paddle
 import pytest
 
-from codegen.checkpoints import convert, load_model
+from codegen.checkpoints import load_model
 from codegen.inference.quantize import WeightOnlyLinear, quantize_linears
 from conftest import copy_codegeex
 
@@ -19,14 +19,8 @@ TOKENS = np.random.default_rng(0).integers(0, 1024, size=(8, 64))
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory) -> Path:
-    return convert(FIXTURES / "codegeex-tiny-a.pt", tmp_path_factory.mktemp("codegeex") / "tiny",
-                   config_path=FIXTURES / "codegeex-tiny-a.json")
-
-
-@pytest.fixture(scope="module")
-def models(converted):
-    return load_model(converted), quantize_linears(load_model(converted), "int8")
+def models(golden_codegeex_dir):
+    return load_model(golden_codegeex_dir), quantize_linears(load_model(golden_codegeex_dir), "int8")
 
 
 def logits(model, ids) -> np.ndarray:
@@ -54,10 +48,10 @@ def test_every_transformer_linear_is_int8(models):
     assert all(int8.state_dict()[f"{name}.weight"].dtype == paddle.int8 for name in linears)
 
 
-def test_int8_model_is_the_fp32_model_with_rounded_weights(models, converted):
+def test_int8_model_is_the_fp32_model_with_rounded_weights(models, golden_codegeex_dir):
     """Nothing changes but each Linear weight, rounded to 255 levels of its output row's absmax."""
     _, int8 = models
-    rounded = load_model(converted)
+    rounded = load_model(golden_codegeex_dir)
     for layer in rounded.sublayers():
         if isinstance(layer, paddle.nn.Linear):
             w = layer.weight.numpy()  # [in, out]: a row per output is a column here

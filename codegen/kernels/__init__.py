@@ -23,7 +23,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 _HERE = Path(__file__).resolve().parent
-_SOURCES = ("ops.cc", "gemm.h", "matvec.h", "simd.h")
+_SOURCES = ("ops.cc", "gemm.h", "matvec.h", "simd.h", "amx.h")
 _CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
 _LD_FLAGS = ["-fopenmp"]
 

@@ -42,6 +42,12 @@ are measured against the int8 peak, bf16/fp16 against bf16, fp32 against fp32.
 int8 model) generates in a loop, and reports decode and the Copilot-shaped
 request beside it and their ratio to the idle run.
 
+With ours-int8 and ct2-int8 among the cases, a last line checks issue 15's
+targets in this run: prefill of 1,024 tokens, the Copilot-shaped request and
+decode each at most 0.6x CTranslate2 int8's (idle, and beside the generator when
+asked), and beside the generator our decode and Copilot-shaped request at most
+3x their idle time and no worse relative to idle than CTranslate2's.
+
 CTranslate2, torch and transformers are development-only (not in
 requirements.txt) and live in a venv of their own ($BENCH_REF_PYTHON, default
 /tmp/refvenv/bin/python): python3.11 -m venv /tmp/refvenv && /tmp/refvenv/bin/pip
@@ -458,6 +464,33 @@ def merge_best(runs: list[dict]) -> dict:
     return merged
 
 
+# issue 15's targets: our int8 against CTranslate2 int8 in the same run
+TARGET_RATIOS = {"prefill_1024_s": 0.6, "copilot_total_s": 0.6, "decode_ms_per_token": 0.6}
+BESIDE_MAX_X_IDLE = 3.0
+
+
+def targets(idle: dict[str, dict], beside: dict[str, dict]) -> dict | None:
+    """Each target's measured ratio and whether it holds; None without both int8 cases."""
+    if "ours-int8" not in idle or "ct2-int8" not in idle:
+        return None
+    report = {}
+    for label, results in (("idle", idle), ("beside_generator", beside)):
+        if "ours-int8" not in results or "ct2-int8" not in results:
+            continue
+        ours, ct2 = results["ours-int8"], results["ct2-int8"]
+        for key, limit in TARGET_RATIOS.items():
+            ratio = round(ours[key] / ct2[key], 3)
+            report[f"{label}:{key}_vs_ct2"] = {"ratio": ratio, "limit": limit, "met": ratio <= limit}
+    if "ours-int8" in beside and "ct2-int8" in beside:
+        for key in ("decode_ms_per_token", "copilot_total_s"):
+            ours_x = round(beside["ours-int8"][key] / idle["ours-int8"][key], 2)
+            ct2_x = round(beside["ct2-int8"][key] / idle["ct2-int8"][key], 2)
+            report[f"beside_generator:{key}_x_idle"] = {
+                "ours": ours_x, "ct2": ct2_x, "limit": BESIDE_MAX_X_IDLE,
+                "met": ours_x <= BESIDE_MAX_X_IDLE and ours_x <= ct2_x}
+    return report
+
+
 class SecondGenerator:
     """Another codegen process generating in a loop (our int8 model), for --beside-generator."""
 
@@ -529,8 +562,9 @@ def main():
                 print(json.dumps({"beside_generator": True, "case": case, **beside[case]}), file=sys.stderr,
                       flush=True)
     reference = runs["hf-fp32"][0]["greedy_tokens"] if "hf-fp32" in runs else None
+    merged = {case: merge_best(runs[case]) for case in cases}
     for case in cases:
-        result = merge_best(runs[case])
+        result = merged[case]
         if reference is not None:
             # same weights, same greedy loop: how many of the first 32 tokens match transformers fp32
             same = next((i for i, (a, b) in enumerate(zip(result["greedy_tokens"], reference)) if a != b),
@@ -544,6 +578,9 @@ def main():
                 f"{key}_x_idle": round(loaded[key] / result[key], 2)
                 for key in ("decode_ms_per_token", "prefill_1024_s", "copilot_total_s")})
         print(json.dumps({"case": case, **result, "load_avg_end": os.getloadavg()}), flush=True)
+    report = targets(merged, beside)
+    if report is not None:
+        print(json.dumps({"targets": report, "all_met": all(t["met"] for t in report.values())}), flush=True)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from scipy.stats import chisquare
 
 from codegen import Taskflow
 from codegen.generation import Batch, GenerationConfig, PromptCache, generate
-from codegen.generation.lookup import draft
+from codegen.generation.lookup import MAX_NGRAM, Lookup
 from codegen.generation.processors import sample_given_draft, sample_token
 from codegen.inference.fast import make_fast
 from codegen.predictor import Predictor
@@ -66,21 +66,62 @@ def plain(model, prompt, config, tokenizer=None):
 
 # -- drafting ---------------------------------------------------------------------------
 
+def reference_draft(history: list[int], count: int) -> list[int]:
+    """The definition, searched afresh: up to `count` tokens after the latest earlier occurrence
+    of history's last n tokens, n = MAX_NGRAM down to 1."""
+    for n in range(min(MAX_NGRAM, len(history) - 1), 0, -1):
+        for start in range(len(history) - 1 - n, -1, -1):
+            if history[start:start + n] == history[-n:]:
+                return history[start + n:start + n + count]
+    return []
+
+
+def draft(history, count):
+    return Lookup(list(history[:1]), 8).draft(list(history[1:]), count)
+
+
 def test_a_draft_continues_the_latest_earlier_occurrence_of_the_longest_matching_tail():
-    history = np.array([1, 2, 3, 9, 9, 5, 2, 3, 4, 4, 8, 1, 2, 3])
+    history = [1, 2, 3, 9, 9, 5, 2, 3, 4, 4, 8, 1, 2, 3]
     # [1 2 3] occurred once before, followed by 9 9 5 ...; [2 3] also after 6, which the 3-gram outranks
     assert draft(history, 3) == [9, 9, 5]
-    assert draft(history, 20) == history[3:].tolist()
+    assert draft(history, 20) == history[3:]
     # [0 2 3] never occurred before; of [2 3]'s earlier occurrences the latest wins
-    assert draft(np.array([5, 2, 3, 6, 2, 3, 7, 0, 2, 3]), 2) == [7, 0]
+    assert draft([5, 2, 3, 6, 2, 3, 7, 0, 2, 3], 2) == [7, 0]
     # only the last token recurs
-    assert draft(np.array([4, 8, 6, 1, 8]), 5) == [6, 1, 8]
+    assert draft([4, 8, 6, 1, 8], 5) == [6, 1, 8]
 
 
 def test_no_draft_without_an_earlier_occurrence_or_room():
-    assert draft(np.array([1, 2, 3, 4]), 4) == []
-    assert draft(np.array([5]), 4) == []
-    assert draft(np.array([1, 2, 1]), 0) == []
+    assert draft([1, 2, 3, 4], 4) == []
+    assert draft([5], 4) == []
+    assert draft([1, 2, 1], 0) == []
+
+
+@pytest.mark.parametrize("vocab", [3, 8, 40])
+def test_drafts_kept_up_to_date_as_tokens_come_equal_a_fresh_search_of_the_whole_text(vocab):
+    rng = np.random.default_rng(vocab)
+    for _ in range(20):
+        prompt = rng.integers(0, vocab, int(rng.integers(1, 30))).tolist()
+        lookup, generated = Lookup(prompt, 8), []
+        while len(generated) < 60:
+            # tokens come one or several at a time (accepted drafts), and some steps draft nothing
+            generated += rng.integers(0, vocab, int(rng.integers(1, 4))).tolist()
+            count = int(rng.integers(0, 10))
+            assert lookup.draft(generated, count) == reference_draft(prompt + generated, count)
+
+
+def test_the_draft_length_adapts_to_acceptance_within_the_requested_k():
+    lookup = Lookup([1, 2, 3], 5)
+    assert lookup.length == 5
+    lengths = []
+    for drafted, accepted in [(5, 0), (4, 1), (3, 3), (5, 2), (4, 0), (3, 0), (2, 0), (1, 0), (1, 1), (3, 3),
+                              (5, 5), (5, 5), (0, 0)]:
+        lookup.record(drafted, accepted)
+        lengths.append(lookup.length)
+    # cut short: one less, never below 1; taken whole: two more, never above K; no draft: unchanged
+    assert lengths == [4, 3, 5, 4, 3, 2, 1, 1, 3, 5, 5, 5, 5]
+    with pytest.raises(ValueError, match="max_tokens"):
+        Lookup([1], 0)
 
 
 # -- greedy: identical to plain greedy --------------------------------------------------------

@@ -68,11 +68,14 @@ def plain(model, prompt, config, tokenizer=None):
 
 def reference_draft(history: list[int], count: int) -> list[int]:
     """The definition, searched afresh: up to `count` tokens after the latest earlier occurrence
-    of history's last n tokens, n = MAX_NGRAM down to 1."""
+    of history's last n tokens, n = MAX_NGRAM down to 1, copied on from the draft past the end."""
     for n in range(min(MAX_NGRAM, len(history) - 1), 0, -1):
         for start in range(len(history) - 1 - n, -1, -1):
             if history[start:start + n] == history[-n:]:
-                return history[start + n:start + n + count]
+                text = list(history)
+                for i in range(count):
+                    text.append(text[start + n + i])    # beyond the history: what it drafted
+                return text[len(history):]
     return []
 
 
@@ -84,11 +87,13 @@ def test_a_draft_continues_the_latest_earlier_occurrence_of_the_longest_matching
     history = [1, 2, 3, 9, 9, 5, 2, 3, 4, 4, 8, 1, 2, 3]
     # [1 2 3] occurred once before, followed by 9 9 5 ...; [2 3] also after 6, which the 3-gram outranks
     assert draft(history, 3) == [9, 9, 5]
-    assert draft(history, 20) == history[3:]
+    # past the end of the history the copy goes on one period back, as a loop would
+    assert draft(history, 20) == history[3:] + history[3:12]
     # [0 2 3] never occurred before; of [2 3]'s earlier occurrences the latest wins
     assert draft([5, 2, 3, 6, 2, 3, 7, 0, 2, 3], 2) == [7, 0]
     # only the last token recurs
-    assert draft([4, 8, 6, 1, 8], 5) == [6, 1, 8]
+    assert draft([4, 8, 6, 1, 8], 5) == [6, 1, 8, 6, 1]
+    assert draft([7, 7], 3) == [7, 7, 7]
 
 
 def test_no_draft_without_an_earlier_occurrence_or_room():
@@ -204,6 +209,30 @@ def test_max_new_tokens_is_never_exceeded_however_many_drafts_are_right(max_new_
     assert sequence.text == ("dabc" * 5)[:max_new_tokens]
     assert sum(len(e.token_ids) for e in events) == max_new_tokens
     assert batch.decode_steps < max_new_tokens - 1 or max_new_tokens <= 2
+
+
+class WidthRecorder(ScriptedModel):
+    """A ScriptedModel noting how many positions each forward pass fed."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.widths = []
+
+    def __call__(self, input_ids, *args, **kwargs):
+        self.widths.append(input_ids.shape[1])
+        return super().__call__(input_ids, *args, **kwargs)
+
+
+def test_a_row_drafts_fewer_tokens_while_they_are_rejected_and_k_again_once_they_are_accepted():
+    model = WidthRecorder(CYCLE, vocab=128)
+    prompt = list(b"axbxcxdxa")     # every letter followed by x: the first drafts are all wrong
+    config = GenerationConfig(max_new_tokens=30, prompt_lookup_num_tokens=6)
+    sequence, _, batch = run(model, prompt, config)
+    assert sequence.token_ids == plain(ScriptedModel(CYCLE, vocab=128), prompt, config).token_ids
+    # the prefill (9), then 1 + 6, 5, 4, 3 drafts, each rejected at once; "bcd" after the prompt's
+    # last "a" is right, so 5 next (all right, as the cycle now is), then K = 6 until max_new_tokens
+    assert model.widths == [9, 7, 6, 5, 4, 6, 7, 7, 2]
+    assert batch.accepted == 3 + 5 + 6 + 6 + 1
 
 
 def test_eos_where_a_draft_was_expected_ends_the_row_as_plain_decoding_does():

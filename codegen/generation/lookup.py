@@ -20,7 +20,7 @@ MAX_NGRAM = 3
 
 class Lookup:
     """One row's drafts: up to `max_tokens` tokens that followed the latest earlier occurrence of its
-    text's last n tokens, trying n = MAX_NGRAM down to 1.
+    text's last n tokens, trying n = MAX_NGRAM down to 1, continued periodically past the text's end.
 
     `length` is how many to draft next: it starts at `max_tokens`, grows by 2 after a draft the
     model accepted whole and shrinks by 1 (not below 1) after one it cut short, so a row whose
@@ -54,7 +54,13 @@ class Lookup:
         for n in range(min(MAX_NGRAM, len(text) - 1), 0, -1):
             start = after.get(tuple(text[-n:]))
             if start is not None:
-                return text[start:start + count]
+                drafted = text[start:start + count]
+                # a text repeating itself (a model looping) repeats on: past the end of the text,
+                # the copy goes on from what it copied, one period (len(text) - start) back
+                period = len(text) - start
+                while len(drafted) < count:
+                    drafted.append(drafted[-period])
+                return drafted
         return []
 
     def record(self, drafted: int, accepted: int) -> None:

@@ -19,7 +19,7 @@ MAX_NGRAM = 3
 
 
 class Lookup:
-    """One row's drafts: up to `max_tokens` tokens that followed the latest earlier occurrence of its
+    """One row's drafts: up to `max_tokens` tokens copied from what followed the latest earlier occurrence of its
     text's last n tokens, trying n = MAX_NGRAM down to 1, continued periodically past the text's end.
 
     `length` is how many to draft next: it starts at `max_tokens`, grows by 2 after a draft the
@@ -39,13 +39,14 @@ class Lookup:
         self._indexed = 0       # n-grams ending before this position are in `_after`
 
     def draft(self, generated: list[int], count: int) -> list[int]:
-        """Up to `count` tokens continuing the prompt followed by `generated` (the row's tokens so
-        far: the previous call's and more); [] when its tail never occurred before."""
+        """`count` tokens continuing the prompt followed by `generated` (the row's tokens so far:
+        the previous call's and more); [] when its tail never occurred before."""
         text = self._text
         text += generated[len(text) - self._prompt_length:]
         if count < 1:
             return []
-        # index the n-grams ending before the last token: each one's continuation exists
+        # index the n-grams ending before the last token, so each has a continuation; a later
+        # occurrence replaces an earlier one: nearest the cursor, it is most likely the text being rewritten
         after = self._after
         for end in range(self._indexed, len(text) - 1):
             for n in range(1, min(MAX_NGRAM, end + 1) + 1):

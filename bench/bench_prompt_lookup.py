@@ -6,7 +6,8 @@ shipped: the shipped codegen-stdlib-9M (the Predictor's default load: the fused
 CPU path) completes code-editing prompts greedily through the predictor's
 Batch, plain and with prompt_lookup_num_tokens K, alternating in the same run.
 Each prompt holds the code being rewritten (a function, then the request to
-write it again with a rename, or its first lines again). Reported per K:
+write it again with a rename, or its first lines again; a class, then the request
+to write it again with a method renamed). Reported per K:
 tokens/s of the whole request (prefill included) and of decoding alone, decode
 forward passes, and the drafts' acceptance rate (accepted / proposed). The texts
 must be equal, or the run fails.
@@ -42,11 +43,30 @@ FUNCTION = '''def moving_average(values, window):
         averages.append(total / window)
     return averages
 '''
+CLASS = '''class Inventory:
+    """Counts of items held in stock."""
+
+    def __init__(self):
+        self.counts = {}
+
+    def add(self, item, quantity=1):
+        self.counts[item] = self.counts.get(item, 0) + quantity
+
+    def remove(self, item, quantity=1):
+        if self.counts.get(item, 0) < quantity:
+            raise ValueError(f"not enough {item}")
+        self.counts[item] -= quantity
+
+    def total(self):
+        return sum(self.counts.values())
+'''
 FIRST_LINES = "\n".join(FUNCTION.split("\n")[:3]) + "\n"
 EDITING_PROMPTS = {
     "rename": FUNCTION + "\n\n# The same function with `values` renamed to `samples`:\n"
                          "def moving_average(samples, window):\n",
     "again": FUNCTION + "\n\n" + FIRST_LINES,
+    # a third kind of edit, so the drafting policy is not judged on the two above alone
+    "method": CLASS + "\n\n# The same class with `add` renamed to `put`:\nclass Inventory:\n",
 }
 
 

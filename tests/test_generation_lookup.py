@@ -15,7 +15,7 @@ from scipy.stats import chisquare
 
 from codegen import Taskflow
 from codegen.generation import Batch, GenerationConfig, PromptCache, generate
-from codegen.generation.lookup import draft
+from codegen.generation.lookup import MAX_NGRAM, Lookup
 from codegen.generation.processors import sample_given_draft, sample_token
 from codegen.inference.fast import make_fast
 from codegen.predictor import Predictor
@@ -66,21 +66,67 @@ def plain(model, prompt, config, tokenizer=None):
 
 # -- drafting ---------------------------------------------------------------------------
 
+def reference_draft(history: list[int], count: int) -> list[int]:
+    """The definition, searched afresh: up to `count` tokens after the latest earlier occurrence
+    of history's last n tokens, n = MAX_NGRAM down to 1, copied on from the draft past the end."""
+    for n in range(min(MAX_NGRAM, len(history) - 1), 0, -1):
+        for start in range(len(history) - 1 - n, -1, -1):
+            if history[start:start + n] == history[-n:]:
+                text = list(history)
+                for i in range(count):
+                    text.append(text[start + n + i])    # beyond the history: what it drafted
+                return text[len(history):]
+    return []
+
+
+def draft(history, count):
+    return Lookup(list(history[:1]), 8).draft(list(history[1:]), count)
+
+
 def test_a_draft_continues_the_latest_earlier_occurrence_of_the_longest_matching_tail():
-    history = np.array([1, 2, 3, 9, 9, 5, 2, 3, 4, 4, 8, 1, 2, 3])
+    history = [1, 2, 3, 9, 9, 5, 2, 3, 4, 4, 8, 1, 2, 3]
     # [1 2 3] occurred once before, followed by 9 9 5 ...; [2 3] also after 6, which the 3-gram outranks
     assert draft(history, 3) == [9, 9, 5]
-    assert draft(history, 20) == history[3:].tolist()
+    # past the end of the history the copy goes on one period back, as a loop would
+    assert draft(history, 20) == history[3:] + history[3:12]
     # [0 2 3] never occurred before; of [2 3]'s earlier occurrences the latest wins
-    assert draft(np.array([5, 2, 3, 6, 2, 3, 7, 0, 2, 3]), 2) == [7, 0]
+    assert draft([5, 2, 3, 6, 2, 3, 7, 0, 2, 3], 2) == [7, 0]
     # only the last token recurs
-    assert draft(np.array([4, 8, 6, 1, 8]), 5) == [6, 1, 8]
+    assert draft([4, 8, 6, 1, 8], 5) == [6, 1, 8, 6, 1]
+    assert draft([7, 7], 3) == [7, 7, 7]
 
 
 def test_no_draft_without_an_earlier_occurrence_or_room():
-    assert draft(np.array([1, 2, 3, 4]), 4) == []
-    assert draft(np.array([5]), 4) == []
-    assert draft(np.array([1, 2, 1]), 0) == []
+    assert draft([1, 2, 3, 4], 4) == []
+    assert draft([5], 4) == []
+    assert draft([1, 2, 1], 0) == []
+
+
+@pytest.mark.parametrize("vocab", [3, 8, 40])
+def test_drafts_kept_up_to_date_as_tokens_come_equal_a_fresh_search_of_the_whole_text(vocab):
+    rng = np.random.default_rng(vocab)
+    for _ in range(20):
+        prompt = rng.integers(0, vocab, int(rng.integers(1, 30))).tolist()
+        lookup, generated = Lookup(prompt, 8), []
+        while len(generated) < 60:
+            # tokens come one or several at a time (accepted drafts), and some steps draft nothing
+            generated += rng.integers(0, vocab, int(rng.integers(1, 4))).tolist()
+            count = int(rng.integers(0, 10))
+            assert lookup.draft(generated, count) == reference_draft(prompt + generated, count)
+
+
+def test_the_draft_length_adapts_to_acceptance_within_the_requested_k():
+    lookup = Lookup([1, 2, 3], 5)
+    assert lookup.length == 5
+    lengths = []
+    for drafted, accepted in [(5, 0), (4, 1), (3, 3), (5, 2), (4, 0), (3, 0), (2, 0), (1, 0), (1, 1), (3, 3),
+                              (5, 5), (5, 5), (0, 0)]:
+        lookup.record(drafted, accepted)
+        lengths.append(lookup.length)
+    # cut short: one less, never below 1; taken whole: two more, never above K; no draft: unchanged
+    assert lengths == [4, 3, 5, 4, 3, 2, 1, 1, 3, 5, 5, 5, 5]
+    with pytest.raises(ValueError, match="max_tokens"):
+        Lookup([1], 0)
 
 
 # -- greedy: identical to plain greedy --------------------------------------------------------
@@ -149,8 +195,9 @@ def test_a_stop_string_inside_an_accepted_run_cuts_there():
     sequence, events, batch = run(model, CYCLE_PROMPT, config)
     assert sequence.text == "dab" and sequence.finish_reason == "stop"
     assert sequence.token_ids == plain(model, CYCLE_PROMPT, config).token_ids
-    # the stop came in the second step's run of accepted tokens, not one token at a time
-    assert batch.decode_steps == 2 and batch.accepted >= 4
+    # the stop came in the first step's run of accepted tokens ("abcdabcd", the prompt's cycle
+    # continued), not one token at a time
+    assert batch.decode_steps == 1 and batch.accepted >= 4
     assert "".join(e.text for e in events) == "dab"
 
 
@@ -163,6 +210,30 @@ def test_max_new_tokens_is_never_exceeded_however_many_drafts_are_right(max_new_
     assert sequence.text == ("dabc" * 5)[:max_new_tokens]
     assert sum(len(e.token_ids) for e in events) == max_new_tokens
     assert batch.decode_steps < max_new_tokens - 1 or max_new_tokens <= 2
+
+
+class WidthRecorder(ScriptedModel):
+    """A ScriptedModel noting how many positions each forward pass fed."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.widths = []
+
+    def __call__(self, input_ids, *args, **kwargs):
+        self.widths.append(input_ids.shape[1])
+        return super().__call__(input_ids, *args, **kwargs)
+
+
+def test_a_row_drafts_fewer_tokens_while_they_are_rejected_and_k_again_once_they_are_accepted():
+    model = WidthRecorder(CYCLE, vocab=128)
+    prompt = list(b"axbxcxdxa")     # every letter followed by x: the first drafts are all wrong
+    config = GenerationConfig(max_new_tokens=30, prompt_lookup_num_tokens=6)
+    sequence, _, batch = run(model, prompt, config)
+    assert sequence.token_ids == plain(ScriptedModel(CYCLE, vocab=128), prompt, config).token_ids
+    # the prefill (9), then 1 + 6, 5, 4, 3 drafts, each rejected at once; "bcd" after the prompt's
+    # last "a" is right, so 5 next (all right, as the cycle now is), then K = 6 until max_new_tokens
+    assert model.widths == [9, 7, 6, 5, 4, 6, 7, 7, 2]
+    assert batch.accepted == 3 + 5 + 6 + 6 + 1
 
 
 def test_eos_where_a_draft_was_expected_ends_the_row_as_plain_decoding_does():

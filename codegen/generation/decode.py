@@ -38,7 +38,7 @@ from .beam import beam_search
 from .config import GenerationConfig
 from .detokenize import IncrementalText
 from .outputs import Sequence, StreamEvent
-from .lookup import draft
+from .lookup import Lookup
 from .processors import apply_repetition_penalty, log_softmax, sample_given_draft, sample_token, top_alternatives
 from .prompt_cache import PromptCache
 
@@ -82,7 +82,8 @@ class _Row:
         self.prefill: _Prefill | None = None   # its prompt's own cache, kept for the prompt cache
         self.seen: np.ndarray | None = None    # tokens so far, for the repetition penalty
         self.fed = 0            # generated tokens in the cache: all but the last, or fewer after lookup
-        self._prompt_array = np.asarray(prompt) if config.prompt_lookup_num_tokens else None
+        k = config.prompt_lookup_num_tokens
+        self.lookup = Lookup(prompt, k) if k else None
 
     @property
     def steps_left(self) -> int:
@@ -91,12 +92,13 @@ class _Row:
 
     def drafts(self) -> list[int]:
         """Prompt-lookup guesses of its next tokens: as many as it may still accept beside the
-        model's own next token, and fed with its unfed tokens, at most 1 + K positions."""
-        count = min(self.config.prompt_lookup_num_tokens + self.fed + 1 - len(self.tokens),
-                    self.config.max_new_tokens - len(self.tokens) - 1)
-        if count < 1:
+        model's own next token, and fed with its unfed tokens, at most 1 + the lookup's current
+        length (at most K) positions."""
+        if self.lookup is None:
             return []
-        return draft(np.concatenate((self._prompt_array, self.tokens)), count)
+        count = min(self.lookup.length + self.fed + 1 - len(self.tokens),
+                    self.config.max_new_tokens - len(self.tokens) - 1)
+        return self.lookup.draft(self.tokens, count)
 
     def accept(self, token: int, logprob: float, eos: int | None, token_text,
                logprobs: np.ndarray | None = None) -> None:
@@ -290,6 +292,8 @@ class Batch:
         for row in rows:
             self.drafted += len(drafts[row])
             self.accepted += kept[row] - unfed[row]
+            if row.lookup is not None:
+                row.lookup.record(len(drafts[row]), kept[row] - unfed[row])
         return kept
 
     def _roll_back(self, length: int, kept: dict) -> None:

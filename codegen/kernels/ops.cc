@@ -978,12 +978,15 @@ std::vector<std::vector<int64_t>> CodeGeeXLayerShape(
 // Plain C entry points, called through ctypes (they take no tensors).
 extern "C" {
 
-// The prefill kernels in use, as bits: 1 the int8 one (VNNI), 2 the bf16 one. With
-// `enable` 0 or 1, first turns the reduced-precision kernels off or back to what the CPU
-// supports (the tests compare them with the fp32 one); -1 only reads.
+// The prefill kernels in use, as bits: 1 the int8 one (VNNI), 2 the bf16 one (AVX512-BF16),
+// 4 int8 on AMX, 8 bf16 on AMX. With `enable` 0, 1 or 2, first turns the reduced-precision
+// kernels off, back to what the CPU supports, or to that without AMX (the tests compare
+// them); -1 only reads.
 int codegen_prefill_kernels(int enable) {
-  if (enable >= 0) kern::gemm_support() = enable ? kern::cpu_gemm_support() : kern::GemmSupport{};
-  return (kern::gemm_support().int8 ? 1 : 0) | (kern::gemm_support().bf16 ? 2 : 0);
+  kern::GemmSupport& s = kern::gemm_support();
+  if (enable >= 0) s = enable ? kern::cpu_gemm_support() : kern::GemmSupport{};
+  if (enable == 2) s.amx_int8 = s.amx_bf16 = false;
+  return (s.int8 ? 1 : 0) | (s.bf16 ? 2 : 0) | (s.amx_int8 ? 4 : 0) | (s.amx_bf16 ? 8 : 0);
 }
 
 }  // extern "C"

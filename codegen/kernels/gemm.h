@@ -94,10 +94,35 @@ inline GemmKernel gemm_kernel(WeightFormat f) {
 inline int64_t round_up(int64_t n, int64_t to) { return (n + to - 1) / to * to; }
 
 // Activation rows an AMX step reads: two A tiles of 16. An AMX kernel's input has its rows
-// padded to a multiple of this and each row to a whole tile row (64 bytes), zero-filled, so
-// tiles load whole from it in place.
+// padded to a multiple of this and each row to a whole tile row (64 bytes), zero-filled, and
+// is stored as whole tiles, [16 rows][64-byte column][16][64]: each tile load reads 1 KB in
+// one piece (rows a power-of-two apart fell in few cache sets and kept the tiles waiting).
 constexpr int64_t kAmxTokens = 32;
 constexpr int64_t kAmxRowBytes = 64;
+
+// Where an activation copy keeps its rows: element i of row m is at
+// row(m) + i / chunk * chunk_stride + i % chunk for chunks of 64 bytes; row-major rows are
+// the case chunk_stride == chunk.
+struct RowLayout {
+  int64_t ld = 0;  // elements a row holds, padding included
+  int64_t chunk = 1, chunk_stride = 1;
+  int64_t row(int64_t m) const { return chunk_stride == chunk ? m * ld : m / 16 * 16 * ld + m % 16 * chunk; }
+  int64_t at(int64_t i) const { return i / chunk * chunk_stride + i % chunk; }
+  static RowLayout of(int64_t cols, int64_t bytes, bool tiles) {
+    const int64_t chunk = kAmxRowBytes / bytes;
+    return tiles ? RowLayout{round_up(cols, chunk), chunk, 16 * chunk} : RowLayout{round_up(cols, 4 / bytes), chunk, chunk};
+  }
+};
+
+// zeroes elements [n, end) of a row laid out as `layout`
+template <class T>
+void zero_row_tail(T* row, int64_t n, int64_t end, const RowLayout& layout) {
+  for (int64_t i = n; i < end;) {
+    const int64_t stop = std::min(end, (i / layout.chunk + 1) * layout.chunk);
+    std::memset(row + layout.at(i), 0, (stop - i) * sizeof(T));
+    i = stop;
+  }
+}
 
 // A run of n activations as u8 with a zero point, x ~= scale * (u8 - zero). Each row is
 // quantised in runs of kDepthInt8 columns, one per block of K the kernel accumulates
@@ -105,9 +130,9 @@ constexpr int64_t kAmxRowBytes = 64;
 // The range always holds 0, so
 // zero is exact and a constant row does not divide by zero. Asymmetric rather than
 // absmax / 127: GELU outputs are nearly all >= 0 and would waste half the codes.
-// Padding up to `ld` (a multiple of 4) is zero.
-KERN_TARGET_VNNI inline void quantize_u8(const float* x, int64_t n, int64_t ld, uint8_t* out, float* scale,
-                                         int32_t* zero) {
+// Padding up to `end` is zero. `out` is the run's first element in `layout`.
+KERN_TARGET_VNNI inline void quantize_u8(const float* x, int64_t n, int64_t end, const RowLayout& layout,
+                                         uint8_t* out, float* scale, int32_t* zero) {
   __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 mask = n - i >= 16 ? 0xffff : static_cast<__mmask16>((1u << (n - i)) - 1);
@@ -125,19 +150,19 @@ KERN_TARGET_VNNI inline void quantize_u8(const float* x, int64_t n, int64_t ld, 
     const __mmask16 mask = n - i >= 16 ? 0xffff : static_cast<__mmask16>((1u << (n - i)) - 1);
     const __m512i q = _mm512_cvtps_epi32(_mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, x + i), inv, zv));
     const __m512i clamped = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
-    _mm512_mask_cvtusepi32_storeu_epi8(out + i, mask, clamped);
+    _mm512_mask_cvtusepi32_storeu_epi8(out + layout.at(i), mask, clamped);  // 16 never straddle a chunk
   }
-  std::memset(out + n, 0, ld - n);
+  zero_row_tail(out, n, end, layout);
 }
 
-// Row m as bf16, rounded to nearest even; padding up to `ld` (even) is zero.
-KERN_TARGET_BF16 inline void round_row_bf16(const float* x, int64_t n, int64_t ld, uint16_t* out) {
+// Row m as bf16, rounded to nearest even; padding up to layout.ld is zero.
+KERN_TARGET_BF16 inline void round_row_bf16(const float* x, int64_t n, const RowLayout& layout, uint16_t* out) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 mask = n - i >= 16 ? 0xffff : static_cast<__mmask16>((1u << (n - i)) - 1);
     const __m256bh b = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, x + i));
-    _mm256_mask_storeu_epi16(out + i, mask, reinterpret_cast<const __m256i&>(b));
+    _mm256_mask_storeu_epi16(out + layout.at(i), mask, reinterpret_cast<const __m256i&>(b));
   }
-  std::memset(out + n, 0, (ld - n) * sizeof(uint16_t));
+  zero_row_tail(out, n, layout.ld, layout);
 }
 
 // The activation rows a GEMM reads: fp32, plus the u8 or bf16 copy its weights' kernel
@@ -149,7 +174,8 @@ struct GemmInput {
   const float* x;
   int64_t rows, cols;
   GemmKernel int8_kernel = GemmKernel::kFloat32, bf16_kernel = GemmKernel::kFloat32;
-  int64_t u8_ld = 0, u8_groups = 0, bf16_ld = 0;
+  RowLayout u8_layout, bf16_layout;
+  int64_t u8_groups = 0;
   std::vector<uint8_t> u8;
   std::vector<float> u8_scale;
   std::vector<int32_t> u8_zero;
@@ -163,15 +189,15 @@ struct GemmInput {
       const int64_t stored_rows = amx ? round_up(rows, kAmxTokens) : rows;
       if ((kernel == GemmKernel::kInt8 || kernel == GemmKernel::kInt8Amx) && u8.empty()) {
         int8_kernel = kernel;
-        u8_ld = round_up(cols, amx ? kAmxRowBytes : 4);
+        u8_layout = RowLayout::of(cols, 1, amx);
         u8_groups = (cols + kDepthInt8 - 1) / kDepthInt8;
-        u8.resize(stored_rows * u8_ld);
+        u8.resize(stored_rows * u8_layout.ld);
         u8_scale.resize(rows * u8_groups);
         u8_zero.resize(rows * u8_groups);
       } else if ((kernel == GemmKernel::kBFloat16 || kernel == GemmKernel::kBFloat16Amx) && bf16.empty()) {
         bf16_kernel = kernel;
-        bf16_ld = round_up(cols, amx ? kAmxRowBytes / 2 : 2);
-        bf16.resize(stored_rows * bf16_ld);
+        bf16_layout = RowLayout::of(cols, 2, amx);
+        bf16.resize(stored_rows * bf16_layout.ld);
       }
     }
   }
@@ -179,10 +205,11 @@ struct GemmInput {
   void prepare_row(int64_t m) {
     for (int64_t g = 0; g < (u8.empty() ? 0 : u8_groups); ++g) {
       const int64_t k0 = g * kDepthInt8, n = std::min(kDepthInt8, cols - k0);
-      quantize_u8(x + m * cols + k0, n, g + 1 < u8_groups ? n : u8_ld - k0, u8.data() + m * u8_ld + k0,
-                  &u8_scale[m * u8_groups + g], &u8_zero[m * u8_groups + g]);
+      quantize_u8(x + m * cols + k0, n, g + 1 < u8_groups ? n : u8_layout.ld - k0, u8_layout,
+                  u8.data() + u8_layout.row(m) + u8_layout.at(k0), &u8_scale[m * u8_groups + g],
+                  &u8_zero[m * u8_groups + g]);
     }
-    if (!bf16.empty()) round_row_bf16(x + m * cols, cols, bf16_ld, bf16.data() + m * bf16_ld);
+    if (!bf16.empty()) round_row_bf16(x + m * cols, cols, bf16_layout, bf16.data() + bf16_layout.row(m));
   }
 };
 
@@ -369,7 +396,7 @@ KERN_TARGET_VNNI inline void gemm_panel_int8(const WeightMatrix& w, const GemmIn
     const int64_t depth = std::min(kDepthInt8, w.cols - k0);
     pack_panel_int8(w, n0, cols, k0, depth, panel, row_sum, scale);
     for (int64_t i = 0; i < m; i += kRows)
-      tile_rows_int8(std::min<int64_t>(kRows, m - i), in.u8.data() + i * in.u8_ld + k0, in.u8_ld,
+      tile_rows_int8(std::min<int64_t>(kRows, m - i), in.u8.data() + i * in.u8_layout.ld + k0, in.u8_layout.ld,
                      in.u8_scale.data() + i * in.u8_groups + k0 / kDepthInt8,
                      in.u8_zero.data() + i * in.u8_groups + k0 / kDepthInt8, in.u8_groups, panel, (depth + 3) / 4,
                      row_sum, scale,
@@ -449,7 +476,7 @@ KERN_TARGET_BF16 void gemm_panel_bf16(const WeightMatrix& w, const GemmInput& in
     const int64_t depth = std::min(kDepthBf16, w.cols - k0);
     pack_panel_bf16<Fmt>(w, n0, cols, k0, depth, panel);
     for (int64_t i = 0; i < m; i += kRows)
-      tile_rows_bf16(std::min<int64_t>(kRows, m - i), in.bf16.data() + i * in.bf16_ld + k0, in.bf16_ld, panel,
+      tile_rows_bf16(std::min<int64_t>(kRows, m - i), in.bf16.data() + i * in.bf16_layout.ld + k0, in.bf16_layout.ld, panel,
                      (depth + 1) / 2, y + i * ldy + n0, ldy, cols, k0 > 0);
   }
 }
@@ -556,7 +583,7 @@ struct AmxInt8 {
     int64_t group;
   };
   static const char* x(const GemmInput& in) { return reinterpret_cast<const char*>(in.u8.data()); }
-  static int64_t ld(const GemmInput& in) { return in.u8_ld; }
+  static int64_t ld(const GemmInput& in) { return in.u8_layout.ld; }
 
   // the panel, and each row's sum over the block (the zero-point correction)
   KERN_TARGET_AMX_GEMM static void pack(const WeightMatrix& w, int64_t n0, int64_t rows, int64_t k0, int64_t depth,
@@ -593,7 +620,7 @@ struct AmxBf16 {
   static constexpr int64_t kDepth = kDepthBf16, kValueBytes = 2;
   struct Block {};
   static const char* x(const GemmInput& in) { return reinterpret_cast<const char*>(in.bf16.data()); }
-  static int64_t ld(const GemmInput& in) { return in.bf16_ld * 2; }
+  static int64_t ld(const GemmInput& in) { return in.bf16_layout.ld * 2; }
 
   KERN_TARGET_AMX_GEMM static void pack(const WeightMatrix& w, int64_t n0, int64_t rows, int64_t k0, int64_t depth,
                                         int64_t steps, char* panel, char* spare, Block&) {
@@ -644,7 +671,8 @@ KERN_TARGET_AMX_GEMM void gemm_panel_amx(const WeightMatrix& w, const GemmInput&
       const int64_t depth = std::min(Kind::kDepth, w.cols - k0);
       const int64_t steps = round_up((depth * Kind::kValueBytes + 3) / 4, 16);
       Kind::pack(w, n0, cols, k0, depth, steps, panel, spare, block);
-      const char* x = Kind::x(in) + k0 * Kind::kValueBytes;
+      // the block's first tile of each 16 tokens; the next 64 bytes of K are 1 KB on (RowLayout)
+      const char* x = Kind::x(in) + k0 * Kind::kValueBytes * 16;
       const auto store = [&](int64_t i) {
         Kind::store(block, in, c + (i / kAmxTokens % 2) * kAmxCBytes, i, std::min(kAmxTokens, end - i),
                     out + (i - t0) * kPanel, kPanel, cols, k0 > 0);
@@ -655,8 +683,8 @@ KERN_TARGET_AMX_GEMM void gemm_panel_amx(const WeightMatrix& w, const GemmInput&
         _tile_zero(2);
         _tile_zero(3);
         for (int64_t s = 0; s < steps; s += 16) {
-          _tile_loadd(4, x + i * ld + 4 * s, ld);
-          _tile_loadd(5, x + (i + 16) * ld + 4 * s, ld);
+          _tile_loadd(4, x + i * ld + 64 * s, kAmxRowBytes);
+          _tile_loadd(5, x + (i + 16) * ld + 64 * s, kAmxRowBytes);
           _tile_loadd(6, panel + s * kAmxPanelRowBytes, kAmxPanelRowBytes);
           _tile_loadd(7, panel + s * kAmxPanelRowBytes + 64, kAmxPanelRowBytes);
           Kind::products();

@@ -324,6 +324,29 @@ float softmax_numerators(float* x, int64_t n, float max) {
   return s;
 }
 
+// x[0..n) *= scale, or -inf where the mask hides the key; returns the largest. A prompt's
+// attention does this for every visible score: unvectorised it cost as much as the scores.
+float scale_scores(float* x, int64_t n, float scale, const int64_t* mask) {
+  using namespace simd;
+  float max = -INFINITY;
+  int64_t i = 0;
+  if (!mask) {
+    const vf sv = set1(scale);
+    vf mv = set1(-INFINITY);
+    for (; i + kLanes <= n; i += kLanes) {
+      const vf v = mul(load(x + i), sv);
+      store(x + i, v);
+      mv = simd::max(mv, v);
+    }
+    max = hmax(mv);
+  }
+  for (; i < n; ++i) {
+    x[i] = (mask && !mask[i]) ? -INFINITY : x[i] * scale;
+    max = std::max(max, x[i]);
+  }
+  return max;
+}
+
 // One (sequence, head): rotate the new queries/keys, append keys/values to the
 // cache, attend. `qkv` rows follow the checkpoints' fused layout: mp_num shards
 // of [query | value | key], each holding heads/mp_num heads.
@@ -422,11 +445,7 @@ void attend_head_blocked(const LayerShape& s, int64_t b, int64_t h, const float*
     for (int64_t i = i0; i < i0 + rows; ++i) {
       float* row = scores + (i - i0) * visible;
       const int64_t last = s.past + i;
-      float max = -INFINITY;
-      for (int64_t t = 0; t <= last; ++t) {
-        row[t] = (mask && !mask[b * total + t]) ? -INFINITY : row[t] * inv_sqrt_d;
-        max = std::max(max, row[t]);
-      }
+      const float max = scale_scores(row, last + 1, inv_sqrt_d, mask ? mask + b * total : nullptr);
       std::fill(row + last + 1, row + visible, 0.0f);
       if (max == -INFINITY) {  // a padding query: written below
         std::fill(row, row + visible, 0.0f);

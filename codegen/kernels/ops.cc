@@ -17,7 +17,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "gemm.h"
@@ -468,6 +470,21 @@ void attend_head_blocked(const LayerShape& s, int64_t b, int64_t h, const float*
   }
 }
 
+// A step's intermediate activations: uninitialised and 64-byte aligned. Each element is
+// written before it is read, so zero-filling them (tens of MB for a long prompt) was wasted
+// work, and whole cache lines let the AMX GEMMs store their rows without reading them first.
+class Floats {
+ public:
+  explicit Floats(int64_t n)
+      : p_(static_cast<float*>(std::aligned_alloc(64, std::max<int64_t>(kern::round_up(n * 4, 64), 64))), std::free) {
+    PD_CHECK(p_, "out of memory for ", n, " floats");
+  }
+  float* data() const { return p_.get(); }
+
+ private:
+  std::unique_ptr<float, void (*)(void*)> p_;
+};
+
 // What one block's step reads and writes; the buffers are [tokens, width] fp32.
 struct LayerArgs {
   const LayerShape& s;
@@ -708,8 +725,8 @@ std::vector<paddle::Tensor> DecoderLayer(
   for (int64_t p : positions) PD_CHECK(p < max_position, "position ", p, " beyond the rotary table");
 
   auto out = paddle::empty(x.shape(), paddle::DataType::FLOAT32, x.place());
-  std::vector<float> qkv(tokens * 3 * s.width), inner(tokens * s.inner), attn(tokens * s.width),
-      proj(tokens * s.embd), mlp(tokens * s.embd);
+  const Floats qkv(tokens * 3 * s.width), inner(tokens * s.inner), attn(tokens * s.width), proj(tokens * s.embd),
+      mlp(tokens * s.embd);
   const LayerArgs args{s, x.data<float>(), out.data<float>(), ln_weight.data<float>(), ln_bias.data<float>(), eps,
                        qkv_w, out_w, in_w, fc_out_w, fc_in_bias.data<float>(), fc_out_bias.data<float>(),
                        positions.data(), mask, sin_table.data<float>(), cos_table.data<float>(),

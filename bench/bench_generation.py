@@ -35,8 +35,11 @@ the peak of 2 cores: clock (/proc/cpuinfo) x ops per cycle per core, assuming
 one 512-bit instruction a cycle for vpdpbusd and vfmadd and half that for
 vdpbf16ps (an assumption: loops of independent ones on a busy machine ran at
 0.35-0.8 a cycle, which says more about the load than the CPU): int8 128 ops
-(64 multiply-adds), fp32 32, bf16 32. int8 weights
-are measured against the int8 peak, bf16/fp16 against bf16, fp32 against fp32.
+(64 multiply-adds), fp32 32, bf16 32. Where the prefill runs on AMX tiles (the
+recorded prefill_kernels say 'int8-amx' / 'bf16-amx'), the peak is the tiles':
+one tdpbusd (16 x 16 x 64 multiply-adds) per 16 cycles per core, 1,024
+multiply-adds a cycle, 2,048 ops; tdpbf16ps does half that, 1,024 ops. Each
+format is measured against the peak of the kernel its prefill used.
 
 --beside-generator runs every case a second time while another process (our
 int8 model) generates in a loop, and reports decode and the Copilot-shaped
@@ -228,7 +231,8 @@ def roofline(result: dict, weight_bytes: int, config, new_tokens: int, kv_itemsi
             "roofline_ms": round(bound_ms, 2), "roofline_pct": round(100 * bound_ms / result["decode_ms_per_token"], 1)}
 
 
-OPS_PER_CYCLE = {"int8": 128, "bf16": 32, "fp16": 32, "fp32": 32}  # per core; see the module docstring
+# per core, by prefill kernel (codegen.kernels.Kernels.prefill_kernels); see the module docstring
+OPS_PER_CYCLE = {"int8-amx": 2048, "bf16-amx": 1024, "int8-vnni": 128, "bf16": 32, "fp32": 32}
 
 
 def cpu_hz() -> float:
@@ -238,15 +242,15 @@ def cpu_hz() -> float:
     raise RuntimeError("no clock in /proc/cpuinfo")
 
 
-def prefill_roofline(result: dict, config, dtype: str, tokens: int = 1024, cores: int = 2) -> dict:
-    """The 1,024-token prefill's share of the compute peak of its format."""
+def prefill_roofline(result: dict, config, kernel: str, tokens: int = 1024, cores: int = 2) -> dict:
+    """The 1,024-token prefill's share of the compute peak of the GEMM kernel it ran on."""
     e, layers = config["n_embd"], config["n_layer"]
     inner = config.get("n_inner") or 4 * e
     linear = layers * (3 * e * e + e * e + 2 * e * inner) * tokens
     attention = layers * 2 * (tokens * (tokens + 1) // 2) * e  # causal Q.K^T and P.V
     head = e * config["vocab_size"]  # one row: last_only
     ops = 2 * (linear + attention + head)
-    peak = cpu_hz() * OPS_PER_CYCLE[dtype] * cores
+    peak = cpu_hz() * OPS_PER_CYCLE[kernel] * cores
     bound_s = ops / peak
     return {"prefill_1024_tops": round(ops / 1e12, 3), "compute_peak_tops": round(peak / 1e12, 2),
             "prefill_roofline_s": round(bound_s, 3),
@@ -328,9 +332,11 @@ def ours(args) -> dict:
     result = measure(PaddleSide(model), args, t_start, bandwidth_probe(embeddings))
     result.update(roofline(result, linear_weight_bytes(model), model.config.to_dict(), args.new_tokens,
                            kv_itemsize=4))
-    result.update(prefill_roofline(result, model.config.to_dict(), "fp32" if args.dtype == "plain" else args.dtype))
     from codegen import kernels
     result["prefill_kernels"] = kernels.load().prefill_kernels() if args.dtype != "plain" else None
+    kernel = "fp32" if args.dtype == "plain" else result["prefill_kernels"][args.dtype]
+    result.update(prefill_roofline(result, model.config.to_dict(), kernel))
+    result["prefill_kernel"] = kernel
     result["numpy_1thread_gbs"] = round(numpy_read_bandwidth() / 1e9, 1)
     result["versions"] = {"paddle": paddle.__version__, "numpy": np.__version__}
     return result

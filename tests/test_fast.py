@@ -93,8 +93,11 @@ def test_float_formats_round_each_weight_to_nearest(dtype, tolerance):
 
 # ---- the prefill GEMMs ------------------------------------------------------------------------
 # Over 16 activation rows a prompt's Linears run the GEMM: for int8 weights the u8 x s8 kernel
-# (AVX512-VNNI), for bf16/fp16 weights the bf16 one (AVX512-BF16) where the CPU has them, else
-# the fp32 one. Each is checked against numpy doing the same arithmetic.
+# (AMX tiles, else AVX512-VNNI), for bf16/fp16 weights the bf16 one (AMX, else AVX512-BF16) where
+# the CPU has them, else the fp32 one. Each is checked against numpy doing the same arithmetic.
+
+INT8_KERNELS = ("int8-amx", "int8-vnni")  # u8 activations x s8 weights, the same arithmetic
+BF16_KERNELS = ("bf16-amx", "bf16")
 
 @needs_kernels
 def test_a_linear_alone_keeps_its_activations_fp32():
@@ -102,7 +105,7 @@ def test_a_linear_alone_keeps_its_activations_fp32():
     layer = WeightOnlyLinear.from_linear(paddle.nn.Linear(300, 70, bias_attr=False), "int8")
     x = paddle.randn([40, 300])
     np.testing.assert_allclose(layer(x).numpy(), x.numpy() @ dequantized(layer).T, rtol=1e-4, atol=1e-4)
-    if kernels.load().prefill_kernels()["int8"] == "int8-vnni":
+    if kernels.load().prefill_kernels()["int8"] in INT8_KERNELS:
         assert np.abs(prompt_gemm(layer, x) - layer(x).numpy()).max() > 1e-3
 
 def quantized_rows_u8(x: np.ndarray, group: int = 512) -> np.ndarray:
@@ -132,9 +135,9 @@ def prompt_gemm(layer: WeightOnlyLinear, x) -> np.ndarray:
 
 def gemm_reference(layer: WeightOnlyLinear, x: np.ndarray, kernel: str) -> np.ndarray:
     w = dequantized(layer)
-    if kernel == "int8-vnni":
+    if kernel in INT8_KERNELS:
         x = quantized_rows_u8(x)
-    elif kernel == "bf16":
+    elif kernel in BF16_KERNELS:
         x, w = rounded_to_bf16(x), rounded_to_bf16(w)  # fp16 weights meet bf16 activations as bf16
     return x.astype(np.float64) @ w.T.astype(np.float64)
 
@@ -154,7 +157,7 @@ def test_prefill_gemm_matches_numpy_doing_the_same_arithmetic(prefill_kernels, d
     expected = gemm_reference(layer, x.numpy(), kernel)
     # float sums in another order; a u8 code may round the other way at an exact half
     slack = np.abs(x.numpy()).max(1, keepdims=True) / 255 * np.abs(dequantized(layer)).max() * 2
-    tolerance = 1e-5 * (np.abs(x.numpy()) @ np.abs(dequantized(layer)).T) + (slack if kernel == "int8-vnni" else 0)
+    tolerance = 1e-5 * (np.abs(x.numpy()) @ np.abs(dequantized(layer)).T) + (slack if kernel in INT8_KERNELS else 0)
     assert np.all(np.abs(got - expected) <= tolerance + 1e-6), kernel
 
 
@@ -174,8 +177,68 @@ def test_the_reduced_precision_gemms_run_where_the_cpu_has_them():
     loaded = kernels.load()
     if loaded is None:
         pytest.skip("no kernels here")
-    assert (loaded.prefill_kernels()["int8"] == "int8-vnni") == (" avx512_vnni" in flags)
-    assert (loaded.prefill_kernels()["bf16"] == "bf16") == (" avx512_bf16" in flags)
+    assert (loaded.prefill_kernels()["int8"] in INT8_KERNELS) == (" avx512_vnni" in flags)
+    assert (loaded.prefill_kernels()["bf16"] in BF16_KERNELS) == (" avx512_bf16" in flags)
+    # AMX also needs the OS's permission, which this test cannot see: where it is used, the CPU has it
+    assert loaded.prefill_kernels()["int8"] != "int8-amx" or " amx_int8" in flags
+    assert loaded.prefill_kernels()["bf16"] != "bf16-amx" or " amx_bf16" in flags
+
+
+@pytest.fixture
+def amx_prefill(prefill_kernels):
+    """The kernels with the AMX GEMMs in use; skips where AMX is not usable."""
+    if prefill_kernels is None or {prefill_kernels.prefill_kernels()[d] for d in ("int8", "bf16")} != {"int8-amx",
+                                                                                                     "bf16-amx"}:
+        pytest.skip("AMX is not usable here (no AMX-INT8/BF16 CPU, or the OS did not allow it)")
+    return prefill_kernels
+
+
+def test_amx_can_be_turned_off_alone(amx_prefill):
+    prefill_kernels = amx_prefill
+    prefill_kernels.use_reduced_precision_prefill(True, amx=False)
+    assert prefill_kernels.prefill_kernels() == {"int8": "int8-vnni", "bf16": "bf16", "fp16": "bf16", "fp32": "fp32"}
+    prefill_kernels.use_reduced_precision_prefill(True)
+    assert prefill_kernels.prefill_kernels()["int8"] == "int8-amx"
+
+
+@pytest.mark.parametrize("rows,k,n", [(17, 1027, 33), (43, 200, 75), (64, 4099, 65), (100, 3, 7), (33, 512, 16),
+                                      (257, 576, 40)])
+def test_amx_int8_gemm_is_bit_identical_to_the_vnni_one(amx_prefill, rows, k, n):
+    # ragged everywhere: tokens not a multiple of the 16-row tile (or of 32, a step; 257 crosses
+    # the 256-token pass), K not a multiple of 64 or of the 512-column runs, outputs not of 16 or 32.
+    # The integer sums are exact and the epilogue is shared, so not one bit may differ.
+    paddle.seed(rows * k)
+    layer = WeightOnlyLinear.from_linear(paddle.nn.Linear(k, n, bias_attr=False), "int8")
+    x = paddle.randn([rows, k]) * paddle.exp(paddle.randn([rows, 1]))
+    x[:, 0] += 3.0  # a zero point far from 128: its correction shows
+    amx = prompt_gemm(layer, x)
+    amx_prefill.use_reduced_precision_prefill(True, amx=False)
+    np.testing.assert_array_equal(amx, prompt_gemm(layer, x))
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("rows,k,n", [(17, 1027, 33), (100, 3, 7), (40, 300, 70)])
+def test_amx_bf16_gemm_is_exact_where_the_sums_are(amx_prefill, dtype, rows, k, n):
+    # small integers: every product and partial sum is exact in fp32, so whatever the order of the
+    # tile's additions the result must equal numpy's exactly
+    rng = np.random.default_rng(rows + k)
+    layer = WeightOnlyLinear.from_linear(paddle.nn.Linear(k, n, bias_attr=False), dtype)
+    weight = rng.integers(-8, 9, size=(n, k)).astype(np.float32)
+    layer.weight.set_value(paddle.to_tensor(weight).astype(layer.weight.dtype))
+    x = rng.integers(-8, 9, size=(rows, k)).astype(np.float32)
+    np.testing.assert_array_equal(prompt_gemm(layer, paddle.to_tensor(x)), x @ weight.T)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_amx_bf16_gemm_stays_within_bf16_rounding_of_fp32(amx_prefill, dtype):
+    # each activation and weight rounded to bf16 is off by at most 2^-9 relative: the product by 2^-8
+    paddle.seed(5)
+    layer = WeightOnlyLinear.from_linear(paddle.nn.Linear(1100, 90, bias_attr=False), dtype)
+    x = paddle.randn([70, 1100])
+    w = dequantized(layer).astype(np.float64)
+    exact = x.numpy().astype(np.float64) @ w.T
+    bound = 2**-8 * (np.abs(x.numpy()) @ np.abs(w).T) + 1e-5
+    assert np.all(np.abs(prompt_gemm(layer, x) - exact) <= bound)
 
 
 @needs_kernels
@@ -384,7 +447,7 @@ def test_low_precision_prefill_agrees_with_fp32_teacher_forced(trained, prefill_
     ids = paddle.to_tensor([tokens[:-1]], dtype="int64")
     with paddle.no_grad():
         reference = model(ids)[0].numpy().argmax(-1)
-    assert prefill_kernels.prefill_kernels()["int8"] in ("int8-vnni", "fp32")
+    assert prefill_kernels.prefill_kernels()["int8"] in (*INT8_KERNELS, "fp32")
     for dtype in ("bf16", "fp16", "int8"):
         fast = make_fast(copy_of(model), dtype)
         with paddle.no_grad():
@@ -404,6 +467,20 @@ def test_reduced_precision_prefill_greedy_tokens_equal_the_fp32_prefill(trained,
     reduced = greedy(fast, ids, mask, 16)
     prefill_kernels.use_reduced_precision_prefill(False)
     assert greedy(fast, ids, mask, 16) == reduced
+
+
+def test_int8_amx_prefill_logits_equal_the_vnni_ones(trained, amx_prefill):
+    # bit-identical GEMMs make the whole forward identical, padding and all
+    model, tokens = trained
+    ids = paddle.to_tensor([tokens[:70], [0] * 14 + tokens[100:156]], dtype="int64")
+    mask = paddle.to_tensor([[1] * 70, [0] * 14 + [1] * 56], dtype="int64")
+    fast = make_fast(copy_of(model), "int8")
+    logits = []
+    for amx in (True, False):
+        amx_prefill.use_reduced_precision_prefill(True, amx=amx)
+        with paddle.no_grad():
+            logits.append(fast(ids, mask, fast.new_cache(2, 70)).numpy())
+    np.testing.assert_array_equal(*logits)
 
 
 @needs_kernels

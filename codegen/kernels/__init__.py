@@ -75,16 +75,19 @@ class Kernels:
         self._c = ctypes.CDLL(str(library))
 
     def prefill_kernels(self) -> dict:
-        """The GEMM each weight format's prefill uses here: 'int8-vnni' / 'bf16' (chosen by CPUID
-        at run time) or 'fp32' (the blocked fp32 kernel, on CPUs without the instructions)."""
+        """The GEMM each weight format's prefill uses here, chosen at run time: 'int8-amx' /
+        'bf16-amx' (Intel AMX tiles, where the CPU has them and the OS allows them), else
+        'int8-vnni' / 'bf16' (AVX512-VNNI / -BF16), else 'fp32' (the blocked fp32 kernel)."""
         bits = self._c.codegen_prefill_kernels(-1)
-        bf16 = "bf16" if bits & 2 else "fp32"
-        return {"int8": "int8-vnni" if bits & 1 else "fp32", "bf16": bf16, "fp16": bf16, "fp32": "fp32"}
+        int8 = "int8-amx" if bits & 4 else "int8-vnni" if bits & 1 else "fp32"
+        bf16 = "bf16-amx" if bits & 8 else "bf16" if bits & 2 else "fp32"
+        return {"int8": int8, "bf16": bf16, "fp16": bf16, "fp32": "fp32"}
 
-    def use_reduced_precision_prefill(self, enabled: bool) -> None:
+    def use_reduced_precision_prefill(self, enabled: bool, amx: bool = True) -> None:
         """Turn the int8 and bf16 prefill GEMMs off (every format then takes the fp32 one) or back
-        on where the CPU has them. Process-wide; meant for comparisons."""
-        self._c.codegen_prefill_kernels(1 if enabled else 0)
+        on where the CPU has them; with `amx` False, on without AMX (the AVX-512 kernels).
+        Process-wide; meant for comparisons."""
+        self._c.codegen_prefill_kernels(0 if not enabled else 1 if amx else 2)
 
     def weight_only_linear(self, x, weight, scale=None, bias=None, reduced_precision: bool = False):
         """x [..., in] fp32 @ weight [out, in]^T (* scale per row) + bias -> [..., out] fp32.

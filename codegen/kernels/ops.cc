@@ -17,7 +17,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "gemm.h"
@@ -324,6 +326,29 @@ float softmax_numerators(float* x, int64_t n, float max) {
   return s;
 }
 
+// x[0..n) *= scale, or -inf where the mask hides the key; returns the largest. A prompt's
+// attention does this for every visible score: unvectorised it cost as much as the scores.
+float scale_scores(float* x, int64_t n, float scale, const int64_t* mask) {
+  using namespace simd;
+  float max = -INFINITY;
+  int64_t i = 0;
+  if (!mask) {
+    const vf sv = set1(scale);
+    vf mv = set1(-INFINITY);
+    for (; i + kLanes <= n; i += kLanes) {
+      const vf v = mul(load(x + i), sv);
+      store(x + i, v);
+      mv = simd::max(mv, v);
+    }
+    max = hmax(mv);
+  }
+  for (; i < n; ++i) {
+    x[i] = (mask && !mask[i]) ? -INFINITY : x[i] * scale;
+    max = std::max(max, x[i]);
+  }
+  return max;
+}
+
 // One (sequence, head): rotate the new queries/keys, append keys/values to the
 // cache, attend. `qkv` rows follow the checkpoints' fused layout: mp_num shards
 // of [query | value | key], each holding heads/mp_num heads.
@@ -422,11 +447,7 @@ void attend_head_blocked(const LayerShape& s, int64_t b, int64_t h, const float*
     for (int64_t i = i0; i < i0 + rows; ++i) {
       float* row = scores + (i - i0) * visible;
       const int64_t last = s.past + i;
-      float max = -INFINITY;
-      for (int64_t t = 0; t <= last; ++t) {
-        row[t] = (mask && !mask[b * total + t]) ? -INFINITY : row[t] * inv_sqrt_d;
-        max = std::max(max, row[t]);
-      }
+      const float max = scale_scores(row, last + 1, inv_sqrt_d, mask ? mask + b * total : nullptr);
       std::fill(row + last + 1, row + visible, 0.0f);
       if (max == -INFINITY) {  // a padding query: written below
         std::fill(row, row + visible, 0.0f);
@@ -448,6 +469,21 @@ void attend_head_blocked(const LayerShape& s, int64_t b, int64_t h, const float*
     }
   }
 }
+
+// A step's intermediate activations: uninitialised and 64-byte aligned. Each element is
+// written before it is read, so zero-filling them (tens of MB for a long prompt) was wasted
+// work, and whole cache lines let the AMX GEMMs store their rows without reading them first.
+class Floats {
+ public:
+  explicit Floats(int64_t n)
+      : p_(static_cast<float*>(std::aligned_alloc(64, std::max<int64_t>(kern::round_up(n * 4, 64), 64))), std::free) {
+    PD_CHECK(p_, "out of memory for ", n, " floats");
+  }
+  float* data() const { return p_.get(); }
+
+ private:
+  std::unique_ptr<float, void (*)(void*)> p_;
+};
 
 // What one block's step reads and writes; the buffers are [tokens, width] fp32.
 struct LayerArgs {
@@ -689,8 +725,8 @@ std::vector<paddle::Tensor> DecoderLayer(
   for (int64_t p : positions) PD_CHECK(p < max_position, "position ", p, " beyond the rotary table");
 
   auto out = paddle::empty(x.shape(), paddle::DataType::FLOAT32, x.place());
-  std::vector<float> qkv(tokens * 3 * s.width), inner(tokens * s.inner), attn(tokens * s.width),
-      proj(tokens * s.embd), mlp(tokens * s.embd);
+  const Floats qkv(tokens * 3 * s.width), inner(tokens * s.inner), attn(tokens * s.width), proj(tokens * s.embd),
+      mlp(tokens * s.embd);
   const LayerArgs args{s, x.data<float>(), out.data<float>(), ln_weight.data<float>(), ln_bias.data<float>(), eps,
                        qkv_w, out_w, in_w, fc_out_w, fc_in_bias.data<float>(), fc_out_bias.data<float>(),
                        positions.data(), mask, sin_table.data<float>(), cos_table.data<float>(),
@@ -978,12 +1014,15 @@ std::vector<std::vector<int64_t>> CodeGeeXLayerShape(
 // Plain C entry points, called through ctypes (they take no tensors).
 extern "C" {
 
-// The prefill kernels in use, as bits: 1 the int8 one (VNNI), 2 the bf16 one. With
-// `enable` 0 or 1, first turns the reduced-precision kernels off or back to what the CPU
-// supports (the tests compare them with the fp32 one); -1 only reads.
+// The prefill kernels in use, as bits: 1 the int8 one (VNNI), 2 the bf16 one (AVX512-BF16),
+// 4 int8 on AMX, 8 bf16 on AMX. With `enable` 0, 1 or 2, first turns the reduced-precision
+// kernels off, back to what the CPU supports, or to that without AMX (the tests compare
+// them); -1 only reads.
 int codegen_prefill_kernels(int enable) {
-  if (enable >= 0) kern::gemm_support() = enable ? kern::cpu_gemm_support() : kern::GemmSupport{};
-  return (kern::gemm_support().int8 ? 1 : 0) | (kern::gemm_support().bf16 ? 2 : 0);
+  kern::GemmSupport& s = kern::gemm_support();
+  if (enable >= 0) s = enable ? kern::cpu_gemm_support() : kern::GemmSupport{};
+  if (enable == 2) s.amx_int8 = s.amx_bf16 = false;
+  return (s.int8 ? 1 : 0) | (s.bf16 ? 2 : 0) | (s.amx_int8 ? 4 : 0) | (s.amx_bf16 ? 8 : 0);
 }
 
 }  // extern "C"

@@ -1,11 +1,15 @@
 """Shared fixtures: small models saved in codegen's format, made at test time, torch files written by
-hand, and the 2-rank training launch."""
+hand, the 2-rank training launch, and servers run in the test process."""
+import contextlib
 import importlib.util
 import json
 import math
 import pickle
+import socket
 import subprocess
 import sys
+import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -223,3 +227,170 @@ def run_measured(script: str, *args) -> dict:
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ---- servers in this process ------------------------------------------------------------
+# A real uvicorn on a free loopback port, started in a thread, so tests can hold the model's
+# worker inside a forward pass and make queueing, batching and cancellation deterministic.
+
+SERVER_CONTEXT = 2048     # Copilot asks for 500 tokens, more than a 256-position model holds
+READY_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="session")
+def server_model_dir(tmp_path_factory) -> Path:
+    """The served tiny CodeGen (one for the session: its directory name is the model id). Read-only."""
+    return make_tiny_codegen(tmp_path_factory.mktemp("server-model"), n_positions=SERVER_CONTEXT)
+
+
+@pytest.fixture(scope="session")
+def server_tokenizer(server_model_dir):
+    from codegen.tokenizer import load_tokenizer
+    return load_tokenizer(server_model_dir)
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def wait_until(condition, what: str, timeout: float = READY_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def health(base: str) -> int | None:
+    import httpx
+    try:
+        return httpx.get(base + "/health", timeout=5).status_code
+    except httpx.TransportError:
+        return None
+
+
+@contextlib.contextmanager
+def running_server(settings, load=None, wait_ready=True, on_load_failure=None):
+    """A uvicorn server in a thread serving `create_app(settings, ...)`; yields (base url, app)."""
+    import uvicorn
+    from codegen.server.app import create_app
+    sock = free_socket()
+    app = create_app(settings, load=load, on_load_failure=on_load_failure)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        wait_until(lambda: health(base) == 200 if wait_ready else health(base) is not None, "the server")
+        yield base, app
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+@contextlib.contextmanager
+def gated_server(settings):
+    """`running_server` whose model forward goes through a `Gate`; yields (base url, engine, gate)."""
+    gate = Gate()
+    with running_server(settings, load=gate.loader(settings)) as (base, app):
+        yield base, app.state.engine, gate
+        gate.release()
+
+
+def wait_idle(engine):
+    """Earlier tests' requests may still be decoding; counting forward calls needs them gone."""
+    wait_until(lambda: not engine.running and not engine._waiting, "the engine to go idle")
+
+
+def sse_payloads(response) -> list:
+    """The data of each event of an httpx response, checking the framing: one `data: ` line, then a blank line."""
+    raw = response.read().decode("utf-8")
+    assert raw.endswith("\n\n")
+    payloads = []
+    for block in raw[:-2].split("\n\n"):
+        assert block.startswith("data: ") and "\n" not in block, repr(block)
+        data = block[len("data: "):]
+        assert not data.startswith("data:"), repr(block)
+        payloads.append(data if data == "[DONE]" else json.loads(data))
+    return payloads
+
+
+def parse_settings(argv, env):
+    """Server settings from command-line flags and CODEGEN_* variables (the test process's own set aside)."""
+    import argparse
+    import os
+    from codegen.server.settings import add_arguments, settings_from_args
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    old = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("CODEGEN_") and k != "CODEGEN_HOME"}
+    os.environ.update(env)
+    try:
+        return settings_from_args(parser.parse_args(argv))
+    finally:
+        for k in env:
+            del os.environ[k]
+        os.environ.update(old)
+
+
+class Gate:
+    """Wraps the model's forward: records each call's batch size, can hold the worker inside one or fail."""
+
+    def __init__(self):
+        self.calls: list[int] = []
+        self.shapes: list[tuple[int, int]] = []     # each call's (rows, positions)
+        self.open = threading.Event()
+        self.open.set()
+        self.entered = threading.Event()
+        self.fail = threading.Event()
+        # the worker closes the gate on itself at this call, so a test can hold a generation
+        # mid-stream however fast decoding is
+        self.close_at_call: int | None = None
+        # set by the worker as it stops at the gate it closed: its batch cannot change until released
+        self.held = threading.Event()
+        self._lock = threading.Lock()
+
+    def hold_the_first_decode_step(self):
+        """Close the gate on the worker at the next job's first decode step: its prefill runs (the
+        first streamed token), the step after holds."""
+        with self._lock:
+            self.held.clear()
+            self.close_at_call = len(self.calls) + 2
+
+    def wait_held(self):
+        """Until the worker stops at the gate it closed: what a stream has sent so far does not say
+        where the worker is, since it goes on between delivering a token and the next step."""
+        assert self.held.wait(READY_TIMEOUT), "the worker never reached the held decode step"
+
+    def release(self):
+        """Open the gate for good, also if the worker has not reached `close_at_call` yet (on a busy
+        machine it may get there after the test has moved on: it must not close the gate then)."""
+        with self._lock:
+            self.close_at_call = None
+            self.open.set()
+
+    def loader(self, settings):
+        def load():
+            from codegen.server.app import load_predictor
+            predictor = load_predictor(settings)
+            forward = predictor.model.forward
+
+            def gated(input_ids, *args, **kwargs):
+                with self._lock:
+                    self.calls.append(input_ids.shape[0])
+                    self.shapes.append(tuple(input_ids.shape))
+                    if self.close_at_call is not None and len(self.calls) >= self.close_at_call:
+                        self.close_at_call = None
+                        self.open.clear()
+                        self.held.set()
+                self.entered.set()
+                self.open.wait()
+                if self.fail.is_set():
+                    raise RuntimeError("injected failure")
+                return forward(input_ids, *args, **kwargs)
+
+            predictor.model.forward = gated
+            return predictor
+        return load

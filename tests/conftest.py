@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import pickle
+import shutil
 import socket
 import subprocess
 import sys
@@ -50,6 +51,46 @@ def golden_codegeex_dir(tmp_path_factory) -> Path:
                    config_path=golden / "codegeex-tiny-a.json")
 
 
+@pytest.fixture(scope="session")
+def golden_codegeex(golden_codegeex_dir):
+    """The golden CodeGeeX on the plain Paddle path. Read-only."""
+    from codegen.checkpoints import load_model
+    return load_model(golden_codegeex_dir)
+
+
+@pytest.fixture(scope="session")
+def fused_golden_codegeex(golden_codegeex_dir):
+    """The golden CodeGeeX as the loader serves it: fp32 on the fused CPU kernels. Read-only."""
+    from codegen.inference import load_for_inference
+    from codegen.inference.fast_codegeex import FastCodeGeeXForCausalLM
+    model = load_for_inference(golden_codegeex_dir)
+    assert isinstance(model, FastCodeGeeXForCausalLM)
+    return model
+
+
+needs_kernels = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                                   reason="no C++ compiler: the kernels cannot be built here")
+
+
+def codegeex_logits(model, ids, mask=None, cache=None):
+    """A CodeGeeX's logits as numpy for token ids (and an attention mask, a cache) given as lists or arrays."""
+    import paddle
+    with paddle.no_grad():
+        mask = None if mask is None else paddle.to_tensor(mask, dtype="int64")
+        return model(paddle.to_tensor(ids, dtype="int64"), mask, cache).numpy()
+
+
+def codegeex_greedy(model, prompt, new_tokens: int, cache=None) -> list[int]:
+    """`new_tokens` greedy tokens after `prompt` ([[ids]]), decoded a token a step from `cache` (a new one
+    by default); the last token is not fed."""
+    cache = model.new_cache(batch_size=1) if cache is None else cache
+    ids, out = prompt, []
+    for _ in range(new_tokens):
+        out.append(int(codegeex_logits(model, ids, cache=cache)[0, -1].argmax()))
+        ids = [[out[-1]]]
+    return out
+
+
 def train_tiny_codegeex():
     """The golden CodeGeeX's config trained briefly on real code: its predictions are peaked like a trained
     model's, where the random golden model's near-ties let any rounding flip the top-1.
@@ -86,17 +127,24 @@ def train_tiny_codegeex():
 
 @pytest.fixture(scope="session")
 def trained_codegeex():
-    """(model, held-out windows) of `train_tiny_codegeex`. Read-only: convert a `copy_codegeex` of it."""
+    """(model, held-out windows) of `train_tiny_codegeex`. Read-only: convert a `copy_model` of it."""
     return train_tiny_codegeex()
 
 
-def copy_codegeex(model):
-    """A fresh CodeGeeXForCausalLM with `model`'s weights (converting one to int8 etc. is in place)."""
-    from codegen.models.codegeex import CodeGeeXForCausalLM
-    clone = CodeGeeXForCausalLM(model.config)
+def copy_model(model):
+    """A fresh model of `model`'s class and config with its weights (converting one to int8 etc. is in place)."""
+    clone = type(model)(model.config)
     clone.set_state_dict({name: tensor.clone() for name, tensor in model.state_dict().items()})
     clone.eval()
     return clone
+
+
+def random_codegen(seed: int = 0, **config):
+    """A CodeGenForCausalLM of `config` (CodeGenConfig fields), initialised from `seed`, in eval mode."""
+    import paddle
+    from codegen.models.codegen import CodeGenConfig, CodeGenForCausalLM
+    paddle.seed(seed)
+    return CodeGenForCausalLM(CodeGenConfig(**config)).eval()
 
 
 def two_rank_launch(script: Path, model_dir: Path, directory: Path, *flags: str) -> list[str]:

@@ -1,11 +1,16 @@
 """Shared fixtures: small models saved in codegen's format, made at test time, torch files written by
-hand, and the 2-rank training launch."""
+hand, the 2-rank training launch, and servers run in the test process."""
+import contextlib
 import importlib.util
 import json
 import math
 import pickle
+import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -46,6 +51,46 @@ def golden_codegeex_dir(tmp_path_factory) -> Path:
                    config_path=golden / "codegeex-tiny-a.json")
 
 
+@pytest.fixture(scope="session")
+def golden_codegeex(golden_codegeex_dir):
+    """The golden CodeGeeX on the plain Paddle path. Read-only."""
+    from codegen.checkpoints import load_model
+    return load_model(golden_codegeex_dir)
+
+
+@pytest.fixture(scope="session")
+def fused_golden_codegeex(golden_codegeex_dir):
+    """The golden CodeGeeX as the loader serves it: fp32 on the fused CPU kernels. Read-only."""
+    from codegen.inference import load_for_inference
+    from codegen.inference.fast_codegeex import FastCodeGeeXForCausalLM
+    model = load_for_inference(golden_codegeex_dir)
+    assert isinstance(model, FastCodeGeeXForCausalLM)
+    return model
+
+
+needs_kernels = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                                   reason="no C++ compiler: the kernels cannot be built here")
+
+
+def codegeex_logits(model, ids, mask=None, cache=None):
+    """A CodeGeeX's logits as numpy for token ids (and an attention mask, a cache) given as lists or arrays."""
+    import paddle
+    with paddle.no_grad():
+        mask = None if mask is None else paddle.to_tensor(mask, dtype="int64")
+        return model(paddle.to_tensor(ids, dtype="int64"), mask, cache).numpy()
+
+
+def codegeex_greedy(model, prompt, new_tokens: int, cache=None) -> list[int]:
+    """`new_tokens` greedy tokens after `prompt` ([[ids]]), decoded a token a step from `cache` (a new one
+    by default); the last token is not fed."""
+    cache = model.new_cache(batch_size=1) if cache is None else cache
+    ids, out = prompt, []
+    for _ in range(new_tokens):
+        out.append(int(codegeex_logits(model, ids, cache=cache)[0, -1].argmax()))
+        ids = [[out[-1]]]
+    return out
+
+
 def train_tiny_codegeex():
     """The golden CodeGeeX's config trained briefly on real code: its predictions are peaked like a trained
     model's, where the random golden model's near-ties let any rounding flip the top-1.
@@ -82,17 +127,24 @@ def train_tiny_codegeex():
 
 @pytest.fixture(scope="session")
 def trained_codegeex():
-    """(model, held-out windows) of `train_tiny_codegeex`. Read-only: convert a `copy_codegeex` of it."""
+    """(model, held-out windows) of `train_tiny_codegeex`. Read-only: convert a `copy_model` of it."""
     return train_tiny_codegeex()
 
 
-def copy_codegeex(model):
-    """A fresh CodeGeeXForCausalLM with `model`'s weights (converting one to int8 etc. is in place)."""
-    from codegen.models.codegeex import CodeGeeXForCausalLM
-    clone = CodeGeeXForCausalLM(model.config)
+def copy_model(model):
+    """A fresh model of `model`'s class and config with its weights (converting one to int8 etc. is in place)."""
+    clone = type(model)(model.config)
     clone.set_state_dict({name: tensor.clone() for name, tensor in model.state_dict().items()})
     clone.eval()
     return clone
+
+
+def random_codegen(seed: int = 0, **config):
+    """A CodeGenForCausalLM of `config` (CodeGenConfig fields), initialised from `seed`, in eval mode."""
+    import paddle
+    from codegen.models.codegen import CodeGenConfig, CodeGenForCausalLM
+    paddle.seed(seed)
+    return CodeGenForCausalLM(CodeGenConfig(**config)).eval()
 
 
 def two_rank_launch(script: Path, model_dir: Path, directory: Path, *flags: str) -> list[str]:
@@ -223,3 +275,170 @@ def run_measured(script: str, *args) -> dict:
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ---- servers in this process ------------------------------------------------------------
+# A real uvicorn on a free loopback port, started in a thread, so tests can hold the model's
+# worker inside a forward pass and make queueing, batching and cancellation deterministic.
+
+SERVER_CONTEXT = 2048     # Copilot asks for 500 tokens, more than a 256-position model holds
+READY_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="session")
+def server_model_dir(tmp_path_factory) -> Path:
+    """The served tiny CodeGen (one for the session: its directory name is the model id). Read-only."""
+    return make_tiny_codegen(tmp_path_factory.mktemp("server-model"), n_positions=SERVER_CONTEXT)
+
+
+@pytest.fixture(scope="session")
+def server_tokenizer(server_model_dir):
+    from codegen.tokenizer import load_tokenizer
+    return load_tokenizer(server_model_dir)
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def wait_until(condition, what: str, timeout: float = READY_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def health(base: str) -> int | None:
+    import httpx
+    try:
+        return httpx.get(base + "/health", timeout=5).status_code
+    except httpx.TransportError:
+        return None
+
+
+@contextlib.contextmanager
+def running_server(settings, load=None, wait_ready=True, on_load_failure=None):
+    """A uvicorn server in a thread serving `create_app(settings, ...)`; yields (base url, app)."""
+    import uvicorn
+    from codegen.server.app import create_app
+    sock = free_socket()
+    app = create_app(settings, load=load, on_load_failure=on_load_failure)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        wait_until(lambda: health(base) == 200 if wait_ready else health(base) is not None, "the server")
+        yield base, app
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+@contextlib.contextmanager
+def gated_server(settings):
+    """`running_server` whose model forward goes through a `Gate`; yields (base url, engine, gate)."""
+    gate = Gate()
+    with running_server(settings, load=gate.loader(settings)) as (base, app):
+        yield base, app.state.engine, gate
+        gate.release()
+
+
+def wait_idle(engine):
+    """Earlier tests' requests may still be decoding; counting forward calls needs them gone."""
+    wait_until(lambda: not engine.running and not engine._waiting, "the engine to go idle")
+
+
+def sse_payloads(response) -> list:
+    """The data of each event of an httpx response, checking the framing: one `data: ` line, then a blank line."""
+    raw = response.read().decode("utf-8")
+    assert raw.endswith("\n\n")
+    payloads = []
+    for block in raw[:-2].split("\n\n"):
+        assert block.startswith("data: ") and "\n" not in block, repr(block)
+        data = block[len("data: "):]
+        assert not data.startswith("data:"), repr(block)
+        payloads.append(data if data == "[DONE]" else json.loads(data))
+    return payloads
+
+
+def parse_settings(argv, env):
+    """Server settings from command-line flags and CODEGEN_* variables (the test process's own set aside)."""
+    import argparse
+    import os
+    from codegen.server.settings import add_arguments, settings_from_args
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    old = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("CODEGEN_") and k != "CODEGEN_HOME"}
+    os.environ.update(env)
+    try:
+        return settings_from_args(parser.parse_args(argv))
+    finally:
+        for k in env:
+            del os.environ[k]
+        os.environ.update(old)
+
+
+class Gate:
+    """Wraps the model's forward: records each call's batch size, can hold the worker inside one or fail."""
+
+    def __init__(self):
+        self.calls: list[int] = []
+        self.shapes: list[tuple[int, int]] = []     # each call's (rows, positions)
+        self.open = threading.Event()
+        self.open.set()
+        self.entered = threading.Event()
+        self.fail = threading.Event()
+        # the worker closes the gate on itself at this call, so a test can hold a generation
+        # mid-stream however fast decoding is
+        self.close_at_call: int | None = None
+        # set by the worker as it stops at the gate it closed: its batch cannot change until released
+        self.held = threading.Event()
+        self._lock = threading.Lock()
+
+    def hold_the_first_decode_step(self):
+        """Close the gate on the worker at the next job's first decode step: its prefill runs (the
+        first streamed token), the step after holds."""
+        with self._lock:
+            self.held.clear()
+            self.close_at_call = len(self.calls) + 2
+
+    def wait_held(self):
+        """Until the worker stops at the gate it closed: what a stream has sent so far does not say
+        where the worker is, since it goes on between delivering a token and the next step."""
+        assert self.held.wait(READY_TIMEOUT), "the worker never reached the held decode step"
+
+    def release(self):
+        """Open the gate for good, also if the worker has not reached `close_at_call` yet (on a busy
+        machine it may get there after the test has moved on: it must not close the gate then)."""
+        with self._lock:
+            self.close_at_call = None
+            self.open.set()
+
+    def loader(self, settings):
+        def load():
+            from codegen.server.app import load_predictor
+            predictor = load_predictor(settings)
+            forward = predictor.model.forward
+
+            def gated(input_ids, *args, **kwargs):
+                with self._lock:
+                    self.calls.append(input_ids.shape[0])
+                    self.shapes.append(tuple(input_ids.shape))
+                    if self.close_at_call is not None and len(self.calls) >= self.close_at_call:
+                        self.close_at_call = None
+                        self.open.clear()
+                        self.held.set()
+                self.entered.set()
+                self.open.wait()
+                if self.fail.is_set():
+                    raise RuntimeError("injected failure")
+                return forward(input_ids, *args, **kwargs)
+
+            predictor.model.forward = gated
+            return predictor
+        return load

@@ -9,18 +9,15 @@ import paddle
 import pytest
 
 from codegen.checkpoints import CONFIG_FILE, WEIGHTS_FILE, convert, load_model, resolve_model_dir, save_model
-from codegen.models.codegen import CodeGenConfig, CodeGenForCausalLM
 from codegen.torch_pickle import CheckpointError, load_torch_file
 
-from conftest import FIXTURES
+from conftest import FIXTURES, random_codegen
 
 IDS = [[5, 17, 900, 3, 44]]
 
 
 def small_model(seed=3):
-    paddle.seed(seed)
-    return CodeGenForCausalLM(CodeGenConfig(vocab_size=1000, n_positions=32, n_embd=32, n_layer=2, n_head=4,
-                                            rotary_dim=4)).eval()
+    return random_codegen(seed, vocab_size=1000, n_positions=32, n_embd=32, n_layer=2, n_head=4, rotary_dim=4)
 
 
 def logits(model):

@@ -13,11 +13,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import paddle
 import pytest
+from conftest import codegeex_greedy, codegeex_logits as logits, needs_kernels
 from safetensors.numpy import load_file
 
-from codegen.checkpoints import WEIGHTS_FILE, _codegeex_hyperparameters, convert, load_model
+from codegen.checkpoints import WEIGHTS_FILE, _codegeex_hyperparameters, convert
 from codegen.models.codegeex import CodeGeeXConfig, CodeGeeXForCausalLM
 
 FIXTURES = Path(__file__).parent / "fixtures" / "codegeex"
@@ -26,65 +26,53 @@ GOLDEN_JSON = FIXTURES / "codegeex-tiny-a.json"
 REFERENCE = np.load(FIXTURES / "codegeex-tiny-a.npz")
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory) -> Path:
-    return convert(GOLDEN_PT, tmp_path_factory.mktemp("codegeex") / "tiny", config_path=GOLDEN_JSON)
+@pytest.fixture(params=["plain", pytest.param("fused", marks=needs_kernels)])
+def plain_or_fused(request):
+    """The golden CodeGeeX on either path: what both must do alike."""
+    return request.getfixturevalue({"plain": "golden_codegeex", "fused": "fused_golden_codegeex"}[request.param])
 
 
-@pytest.fixture(scope="module")
-def model(converted):
-    return load_model(converted)
-
-
-def logits(model, ids, mask=None, cache=None) -> np.ndarray:
-    with paddle.no_grad():
-        mask = None if mask is None else paddle.to_tensor(mask, dtype="int64")
-        return model(paddle.to_tensor(ids, dtype="int64"), mask, cache).numpy()
-
-
-def test_logits_match_the_reference_model(model):
-    ours = logits(model, REFERENCE["input_ids"])
+def test_logits_match_the_reference_model(golden_codegeex):
+    ours = logits(golden_codegeex, REFERENCE["input_ids"])
     assert ours.shape == REFERENCE["logits"].shape
     assert np.abs(ours - REFERENCE["logits"]).max() <= 1e-4
 
 
-def test_cached_greedy_decoding_reproduces_the_reference_continuation(model):
+def test_cached_greedy_decoding_reproduces_the_reference_continuation(golden_codegeex):
     prompt = REFERENCE["greedy_prompt"]
     expected = REFERENCE["greedy_new_ids"][0].tolist()
-    cache = model.new_cache(batch_size=1)
-    step = logits(model, prompt, cache=cache)
-    new = []
-    for _ in expected:
-        new.append(int(step[0, -1].argmax()))
-        step = logits(model, [[new[-1]]], cache=cache)
-    assert new == expected
-    assert cache.length == prompt.shape[1] + len(expected)
+    cache = golden_codegeex.new_cache(batch_size=1)
+    assert codegeex_greedy(golden_codegeex, prompt, len(expected), cache) == expected
+    assert cache.length == prompt.shape[1] + len(expected) - 1     # every token but the last was fed
 
 
-def test_batched_generation_reproduces_the_reference_continuation(model, converted):
+def test_batched_generation_reproduces_the_reference_continuation(golden_codegeex, golden_codegeex_dir):
     import codegen
     from codegen.generation import GenerationConfig, generate
-    tokenizer = codegen.load_tokenizer(converted)
+    tokenizer = codegen.load_tokenizer(golden_codegeex_dir)
     prompt = REFERENCE["greedy_prompt"][0].tolist()
     # same length: padding would use the tokenizer's pad id, beyond this tiny vocabulary
     other = REFERENCE["input_ids"][1].tolist()
-    alone = generate(model, tokenizer, [other], GenerationConfig(max_new_tokens=12))
-    both = generate(model, tokenizer, [prompt, other], GenerationConfig(max_new_tokens=12))
+    alone = generate(golden_codegeex, tokenizer, [other], GenerationConfig(max_new_tokens=12))
+    both = generate(golden_codegeex, tokenizer, [prompt, other], GenerationConfig(max_new_tokens=12))
     assert both[0][0].token_ids == REFERENCE["greedy_new_ids"][0].tolist()
     assert both[1][0].token_ids == alone[0][0].token_ids
 
 
-def test_cached_decoding_equals_a_full_forward(model):
+def test_cached_decoding_equals_a_full_forward(plain_or_fused):
+    model = plain_or_fused
     ids = REFERENCE["input_ids"]
     full = logits(model, ids)
     cache = model.new_cache(batch_size=2, max_length=ids.shape[1])
-    # the top-query layer's keys and values are cached like every other layer's
+    # a prompt (on the fused path, GEMMs), then steps of 1 and 3 tokens (matvecs): keys and values of
+    # every layer, the top-query layer's included, come back from the cache
     pieces = [logits(model, ids[:, a:b], cache=cache) for a, b in ((0, 9), (9, 10), (10, 13), (13, 16))]
     assert len(cache.keys) == 4
     np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, atol=1e-5, rtol=0)
 
 
-def test_left_padding_gives_each_row_its_unpadded_logits(model):
+def test_left_padding_gives_each_row_its_unpadded_logits(plain_or_fused):
+    model = plain_or_fused
     short, long = REFERENCE["input_ids"][0, :5], REFERENCE["input_ids"][1, :12]
     ids = np.zeros((2, 12), dtype=np.int64)
     mask = np.zeros((2, 12), dtype=np.int64)
@@ -93,34 +81,34 @@ def test_left_padding_gives_each_row_its_unpadded_logits(model):
     batched = logits(model, ids, mask)
     np.testing.assert_allclose(batched[0, 7:], logits(model, [short])[0], atol=1e-5, rtol=0)
     np.testing.assert_allclose(batched[1], logits(model, [long])[0], atol=1e-5, rtol=0)
-    # and the padded row keeps going correctly from a cache
+    # the padded row keeps going from the cache, its positions those of the row alone
     cache = model.new_cache(batch_size=2)
     logits(model, ids, mask, cache)
-    next_ids = [[3], [4]]
-    step = logits(model, next_ids, np.concatenate([mask, [[1], [1]]], axis=1), cache)
+    step = logits(model, [[3], [4]], np.concatenate([mask, [[1], [1]]], axis=1), cache)
     np.testing.assert_allclose(step[0, 0], logits(model, [[*short, 3]])[0, -1], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(step[1, 0], logits(model, [[*long, 4]])[0, -1], atol=1e-5, rtol=0)
 
 
-def test_too_long_input_is_refused(model):
+def test_too_long_input_is_refused(golden_codegeex):
     with pytest.raises(ValueError, match="exceeds the model's context of 64"):
-        logits(model, np.zeros((1, 65), dtype=np.int64))
+        logits(golden_codegeex, np.zeros((1, 65), dtype=np.int64))
 
 
-def test_converted_checkpoint_records_its_shape_and_carries_the_codegeex_tokenizer(converted):
+def test_converted_checkpoint_records_its_shape_and_carries_the_codegeex_tokenizer(golden_codegeex_dir):
     import codegen
-    config = json.loads((converted / "config.json").read_text())
+    config = json.loads((golden_codegeex_dir / "config.json").read_text())
     assert config["model_type"] == "codegeex"
     # THUDM's num_layers 3 is the standard layers; ours counts the top-query layer too
     assert (config["num_layers"], config["hidden_size"], config["num_attention_heads"]) == (4, 64, 4)
-    tokenizer = codegen.load_tokenizer(converted)
+    tokenizer = codegen.load_tokenizer(golden_codegeex_dir)
     # CodeGeeX encodes a run of n spaces as <|extratoken_{8+n}|> = 50256 + 8 + n
     assert tokenizer.encode("    return x")[0] == 50256 + 8 + 4
     assert tokenizer.eos_token_id == 50256
 
 
 @pytest.mark.parametrize("layout", ["codegeex-tiny-a-qkv.pt", "mp2", "mp4-qkv"])
-def test_fused_and_sharded_layouts_convert_to_the_same_weights(converted, layout, tmp_path):
-    expected = load_file(str(converted / WEIGHTS_FILE))
+def test_fused_and_sharded_layouts_convert_to_the_same_weights(golden_codegeex_dir, layout, tmp_path):
+    expected = load_file(str(golden_codegeex_dir / WEIGHTS_FILE))
     got = load_file(str(convert(FIXTURES / layout, tmp_path / "out", config_path=GOLDEN_JSON) / WEIGHTS_FILE))
     assert sorted(got) == sorted(expected)
     for name, array in got.items():

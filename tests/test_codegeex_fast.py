@@ -3,11 +3,9 @@ THUDM's reference outputs, in fp32 and in the narrow weight formats.
 
 The first use of the kernels may compile them (~20 s, then cached under $CODEGEN_HOME/kernels).
 """
-import shutil
 from pathlib import Path
 
 import numpy as np
-import paddle
 import pytest
 
 from codegen.checkpoints import load_model
@@ -15,68 +13,40 @@ from codegen.inference import load_for_inference
 from codegen.inference.fast import make_fast
 from codegen.inference.fast_codegeex import FastCodeGeeXForCausalLM
 from codegen.inference.quantize import WeightOnlyLinear
-from conftest import copy_codegeex
+from conftest import codegeex_greedy as greedy, codegeex_logits as logits, copy_model, needs_kernels
 
 FIXTURES = Path(__file__).parent / "fixtures" / "codegeex"
 REFERENCE = np.load(FIXTURES / "codegeex-tiny-a.npz")
 FORMATS = ["int8", "fp16", "bf16"]
 
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                                reason="no C++ compiler: the kernels cannot be built here")
-
-
-@pytest.fixture(scope="module")
-def plain(golden_codegeex_dir):
-    return load_model(golden_codegeex_dir)
-
-
-@pytest.fixture(scope="module")
-def fast(golden_codegeex_dir):
-    model = load_for_inference(golden_codegeex_dir)
-    assert isinstance(model, FastCodeGeeXForCausalLM)
-    return model
-
-
-def logits(model, ids, mask=None, cache=None) -> np.ndarray:
-    with paddle.no_grad():
-        mask = None if mask is None else paddle.to_tensor(mask, dtype="int64")
-        return model(paddle.to_tensor(ids, dtype="int64"), mask, cache).numpy()
-
-
-def greedy(model, prompt, new_tokens: int) -> list[int]:
-    cache = model.new_cache(batch_size=1)
-    ids, out = prompt, []
-    for _ in range(new_tokens):
-        step = logits(model, ids, cache=cache)
-        out.append(int(step[0, -1].argmax()))
-        ids = [[out[-1]]]
-    return out
+pytestmark = needs_kernels
 
 
 # ---- fp32: the plain path's and the reference's numbers ------------------------------------
 
-def test_the_loader_puts_codegeex_on_the_fused_kernels_with_qkv_packed(fast):
+def test_the_loader_puts_codegeex_on_the_fused_kernels_with_qkv_packed(fused_golden_codegeex):
     # 3 standard layers and the top-query layer: Q, K and V one weight each, read in one pass
-    packed = [layer.attention.qkv for layer in [*fast.model.layers, fast.model.top_query_layer]]
+    model = fused_golden_codegeex.model
+    packed = [layer.attention.qkv for layer in [*model.layers, model.top_query_layer]]
     assert len(packed) == 4 and all(isinstance(qkv, WeightOnlyLinear) and qkv.weight.shape == [192, 64]
                                     for qkv in packed)
-    assert not hasattr(fast.model.layers[0].attention, "query")
+    assert not hasattr(model.layers[0].attention, "query")
 
 
-def test_fp32_logits_match_the_plain_path_and_the_reference(fast, plain):
+def test_fp32_logits_match_the_plain_path_and_the_reference(fused_golden_codegeex, golden_codegeex):
     ids = REFERENCE["input_ids"]  # 2 x 16 tokens: the prompt GEMMs
-    ours = logits(fast, ids)
+    ours = logits(fused_golden_codegeex, ids)
     assert np.abs(ours - REFERENCE["logits"]).max() <= 1e-4
-    np.testing.assert_allclose(ours, logits(plain, ids), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ours, logits(golden_codegeex, ids), atol=1e-5, rtol=0)
     # one row of 16 tokens: the matrix-vector kernels
-    np.testing.assert_allclose(logits(fast, ids[:1]), REFERENCE["logits"][:1], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(logits(fused_golden_codegeex, ids[:1]), REFERENCE["logits"][:1], atol=1e-4, rtol=0)
 
 
-def test_fp32_greedy_tokens_equal_the_reference_and_the_plain_path(fast, plain):
+def test_fp32_greedy_tokens_equal_the_reference_and_the_plain_path(fused_golden_codegeex, golden_codegeex):
     prompt = REFERENCE["greedy_prompt"].tolist()
     expected = REFERENCE["greedy_new_ids"][0].tolist()
-    assert greedy(fast, prompt, len(expected)) == expected
-    assert greedy(fast, prompt, 40) == greedy(plain, prompt, 40)
+    assert greedy(fused_golden_codegeex, prompt, len(expected)) == expected
+    assert greedy(fused_golden_codegeex, prompt, 40) == greedy(golden_codegeex, prompt, 40)
 
 
 def test_taskflow_and_predictor_generate_the_reference_continuation_on_the_fused_path(golden_codegeex_dir):
@@ -93,42 +63,15 @@ def test_taskflow_and_predictor_generate_the_reference_continuation_on_the_fused
     assert sequence.token_ids == expected
 
 
-def test_cached_decoding_equals_a_full_forward(fast):
-    ids = REFERENCE["input_ids"]
-    full = logits(fast, ids)
-    cache = fast.new_cache(batch_size=2, max_length=ids.shape[1])
-    # a prompt (GEMMs), then steps of 1 and 3 tokens (matvecs): keys and values of every layer,
-    # the top-query layer's included, come back from the cache
-    pieces = [logits(fast, ids[:, a:b], cache=cache) for a, b in ((0, 9), (9, 10), (10, 13), (13, 16))]
-    np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, atol=1e-5, rtol=0)
-
-
-def test_a_left_padded_batch_equals_each_row_alone(fast):
-    short, long = REFERENCE["input_ids"][0, :5], REFERENCE["input_ids"][1, :12]
-    ids = np.zeros((2, 12), dtype=np.int64)
-    mask = np.zeros((2, 12), dtype=np.int64)
-    ids[0, 7:], mask[0, 7:] = short, 1
-    ids[1], mask[1] = long, 1
-    batched = logits(fast, ids, mask)
-    np.testing.assert_allclose(batched[0, 7:], logits(fast, [short])[0], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(batched[1], logits(fast, [long])[0], atol=1e-5, rtol=0)
-    # the padded row keeps going from the cache, its positions those of the row alone
-    cache = fast.new_cache(batch_size=2)
-    logits(fast, ids, mask, cache)
-    step = logits(fast, [[3], [4]], np.concatenate([mask, [[1], [1]]], axis=1), cache)
-    np.testing.assert_allclose(step[0, 0], logits(fast, [[*short, 3]])[0, -1], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(step[1, 0], logits(fast, [[*long, 4]])[0, -1], atol=1e-5, rtol=0)
-
-
-def test_steps_past_the_context_or_the_cache_are_refused(fast):
+def test_steps_past_the_context_or_the_cache_are_refused(fused_golden_codegeex):
     with pytest.raises(ValueError, match="exceeds the model's context of 64"):
-        logits(fast, np.zeros((1, 65), dtype=np.int64))
-    cache = fast.new_cache(1, max_length=4)
-    logits(fast, [[1, 2, 3]], cache=cache)
+        logits(fused_golden_codegeex, np.zeros((1, 65), dtype=np.int64))
+    cache = fused_golden_codegeex.new_cache(1, max_length=4)
+    logits(fused_golden_codegeex, [[1, 2, 3]], cache=cache)
     with pytest.raises(ValueError, match="KV cache holds 4 positions; this step needs 5"):
-        logits(fast, [[1, 2]], cache=cache)
+        logits(fused_golden_codegeex, [[1, 2]], cache=cache)
     with pytest.raises(ValueError, match="attention_mask covers 3 positions"):
-        logits(fast, [[1]], np.ones((1, 3)), fast.new_cache(1, max_length=8))
+        logits(fused_golden_codegeex, [[1]], np.ones((1, 3)), fused_golden_codegeex.new_cache(1, max_length=8))
 
 
 # ---- narrow weights -----------------------------------------------------------------------
@@ -150,7 +93,7 @@ def test_narrow_weights_top1_agrees_with_fp32_on_held_out_code(trained_codegeex,
     (the matrix-vector kernels: the weights alone are narrow) and as prompts (the GEMMs)."""
     model, tokens = trained_codegeex
     reference = logits(model, tokens).argmax(-1)
-    fast = make_fast(copy_codegeex(model), dtype)
+    fast = make_fast(copy_model(model), dtype)
     cache = fast.new_cache(8, max_length=64)
     stepped = np.concatenate([logits(fast, tokens[:, t:t + 1], cache=cache) for t in range(64)], axis=1)
     assert (stepped.argmax(-1) == reference).mean() >= 0.99

@@ -10,7 +10,7 @@ import pytest
 
 from codegen.checkpoints import load_model
 from codegen.inference.quantize import WeightOnlyLinear, quantize_linears
-from conftest import copy_codegeex
+from conftest import codegeex_greedy as greedy, codegeex_logits as logits, copy_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "codegeex"
 REFERENCE = np.load(FIXTURES / "codegeex-tiny-a.npz")
@@ -19,24 +19,8 @@ TOKENS = np.random.default_rng(0).integers(0, 1024, size=(8, 64))
 
 
 @pytest.fixture(scope="module")
-def models(golden_codegeex_dir):
-    return load_model(golden_codegeex_dir), quantize_linears(load_model(golden_codegeex_dir), "int8")
-
-
-def logits(model, ids) -> np.ndarray:
-    with paddle.no_grad():
-        return model(paddle.to_tensor(ids, dtype="int64")).numpy()
-
-
-def greedy(model, prompt, new_tokens: int) -> list[int]:
-    cache = model.new_cache(batch_size=1)
-    ids, out = prompt, []
-    with paddle.no_grad():
-        for _ in range(new_tokens):
-            step = model(paddle.to_tensor(ids, dtype="int64"), cache=cache)
-            out.append(int(step[0, -1].argmax()))
-            ids = [[out[-1]]]
-    return out
+def models(golden_codegeex, golden_codegeex_dir):
+    return golden_codegeex, quantize_linears(load_model(golden_codegeex_dir), "int8")
 
 
 def test_every_transformer_linear_is_int8(models):
@@ -93,6 +77,6 @@ def test_trained_model_int8_top1_agrees_with_fp32_on_held_out_code(trained_codeg
     reference = logits(model, tokens)
     probs = np.exp(reference - reference.max(-1, keepdims=True))
     assert (probs.max(-1) / probs.sum(-1)).mean() > 0.2, "not peaked enough for the test to mean anything"
-    int8 = quantize_linears(copy_codegeex(model), "int8")
+    int8 = quantize_linears(copy_model(model), "int8")
     agreement = (logits(int8, tokens).argmax(-1) == reference.argmax(-1)).mean()
     assert agreement >= 0.99, f"top-1 agrees with fp32 on {agreement:.3f} of 512 held-out positions"

@@ -8,14 +8,12 @@ import pytest
 from codegen.models import PUBLIC_CONFIGS
 from codegen.models.codegen import CodeGenConfig, CodeGenForCausalLM
 
-from conftest import FIXTURES
+from conftest import FIXTURES, random_codegen
 
 
 def tiny(seed=0, **overrides):
-    paddle.seed(seed)
-    config = CodeGenConfig(**{**dict(vocab_size=1000, n_positions=64, n_embd=64, n_layer=2, n_head=8,
-                                     rotary_dim=4), **overrides})
-    return CodeGenForCausalLM(config).eval()
+    config = dict(vocab_size=1000, n_positions=64, n_embd=64, n_layer=2, n_head=8, rotary_dim=4)
+    return random_codegen(seed, **{**config, **overrides})
 
 
 def test_registry_has_the_twelve_public_checkpoints():

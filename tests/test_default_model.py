@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import openai
+from conftest import running_server
 
 from codegen import Taskflow
 from codegen.checkpoints import PACKAGED_MODELS, resolve_model_dir
@@ -16,7 +17,6 @@ from codegen.languages import function_end_stops
 from codegen.predictor import DEFAULT_MODEL
 from codegen.server.settings import Settings
 from codegen.tokenizer import load_tokenizer
-from test_server import running_server
 
 PROMPTS = [
     'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',

@@ -4,7 +4,6 @@ The first use of the kernels may compile them (~20 s, then cached under
 $CODEGEN_HOME/kernels).
 """
 import os
-import shutil
 import subprocess
 import sys
 import warnings
@@ -13,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
+from conftest import copy_model, needs_kernels, random_codegen
 
 from codegen import kernels
-from codegen.models.codegen import CodeGenConfig, CodeGenForCausalLM
+from codegen.models.codegen import CodeGenForCausalLM
 from codegen.checkpoints import load_model, save_model
 from codegen.inference import load_for_inference
 from codegen.inference.fast import FastCodeGenForCausalLM, make_fast, use_fp16_gpu_attention
@@ -24,22 +24,9 @@ from codegen.inference.quantize import WeightOnlyLinear, quantize_linears
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(vocab_size=512, n_positions=256, n_embd=128, n_layer=2, n_head=8, rotary_dim=8)
 
-needs_kernels = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                                   reason="no C++ compiler: the kernels cannot be built here")
-
 
 def small_model(seed=0, **overrides) -> CodeGenForCausalLM:
-    paddle.seed(seed)
-    model = CodeGenForCausalLM(CodeGenConfig(**{**SMALL, **overrides}))
-    model.eval()
-    return model
-
-
-def copy_of(model: CodeGenForCausalLM) -> CodeGenForCausalLM:
-    clone = CodeGenForCausalLM(model.config)
-    clone.set_state_dict({k: v.clone() for k, v in model.state_dict().items()})
-    clone.eval()
-    return clone
+    return random_codegen(seed, **{**SMALL, **overrides})
 
 
 def dequantized(layer: WeightOnlyLinear) -> np.ndarray:
@@ -323,7 +310,7 @@ def padded_batch():
 @needs_kernels
 def test_fp32_fast_logits_match_the_plain_model_with_padding_and_cache():
     plain = small_model()
-    fast = make_fast(copy_of(plain), "fp32")
+    fast = make_fast(copy_model(plain), "fp32")
     assert isinstance(fast, FastCodeGenForCausalLM)
     ids, mask = padded_batch()
     plain_cache, fast_cache = plain.new_cache(2, 32), fast.new_cache(2, 32)
@@ -353,7 +340,7 @@ def greedy(model, ids, mask, new_tokens):
 @needs_kernels
 def test_fp32_fast_greedy_tokens_equal_the_plain_path():
     plain = small_model(seed=3)
-    fast = make_fast(copy_of(plain), "fp32")
+    fast = make_fast(copy_model(plain), "fp32")
     ids, mask = padded_batch()
     assert greedy(fast, ids, mask, 24) == greedy(plain, ids, mask, 24)
 
@@ -361,7 +348,7 @@ def test_fp32_fast_greedy_tokens_equal_the_plain_path():
 @needs_kernels
 def test_the_fast_model_follows_the_cache_protocol():
     plain = small_model()
-    fast = make_fast(copy_of(plain), "fp32")
+    fast = make_fast(copy_model(plain), "fp32")
     ids, mask = padded_batch()
     results = []
     for model in (plain, fast):
@@ -428,7 +415,7 @@ def test_low_precision_decoding_agrees_with_fp32_teacher_forced(trained):
     top1 = (probs.max(-1) / probs.sum(-1)).mean()
     assert top1 > 0.2, f"the model is not peaked enough for the test to mean anything ({top1:.2f})"
     for dtype in ("bf16", "fp16", "int8"):
-        fast = make_fast(copy_of(model), dtype)
+        fast = make_fast(copy_model(model), dtype)
         cache = fast.new_cache(1, len(tokens))
         predicted = []
         with paddle.no_grad():
@@ -449,7 +436,7 @@ def test_low_precision_prefill_agrees_with_fp32_teacher_forced(trained, prefill_
         reference = model(ids)[0].numpy().argmax(-1)
     assert prefill_kernels.prefill_kernels()["int8"] in (*INT8_KERNELS, "fp32")
     for dtype in ("bf16", "fp16", "int8"):
-        fast = make_fast(copy_of(model), dtype)
+        fast = make_fast(copy_model(model), dtype)
         with paddle.no_grad():
             predicted = fast(ids, None, fast.new_cache(1, len(tokens)))[0].numpy().argmax(-1)
         agreement = (predicted == reference).mean()
@@ -463,7 +450,7 @@ def test_reduced_precision_prefill_greedy_tokens_equal_the_fp32_prefill(trained,
     # two prompts long enough for the GEMMs, the second left-padded
     ids = paddle.to_tensor([tokens[:60], [0] * 14 + tokens[100:146]], dtype="int64")
     mask = paddle.to_tensor([[1] * 60, [0] * 14 + [1] * 46], dtype="int64")
-    fast = make_fast(copy_of(model), dtype)
+    fast = make_fast(copy_model(model), dtype)
     reduced = greedy(fast, ids, mask, 16)
     prefill_kernels.use_reduced_precision_prefill(False)
     assert greedy(fast, ids, mask, 16) == reduced
@@ -488,7 +475,7 @@ def test_int8_amx_prefill_logits_equal_the_vnni_ones(trained, amx_prefill):
 def test_blocked_attention_over_long_prompts_matches_the_plain_model(past, seq):
     # more queries than one attention block (128), with and without cached keys before them
     plain = small_model(seed=4, n_positions=512)
-    fast = make_fast(copy_of(plain), "fp32")
+    fast = make_fast(copy_model(plain), "fp32")
     ids = paddle.to_tensor(np.random.default_rng(0).integers(0, 512, size=(1, past + seq)), dtype="int64")
     caches = plain.new_cache(1, past + seq), fast.new_cache(1, past + seq)
     with paddle.no_grad():
@@ -539,7 +526,7 @@ def test_fast_is_the_default(tmp_path):
 def test_fused_attention_path_matches_the_plain_attention():
     # the GPU fp16 path's arithmetic, run on CPU in fp32 (SDPA falls back to its math kernel)
     plain = small_model()
-    fused = use_fp16_gpu_attention(copy_of(plain), dtype="float32")
+    fused = use_fp16_gpu_attention(copy_model(plain), dtype="float32")
     ids, mask = padded_batch()
     caches = plain.new_cache(2, 16), fused.new_cache(2, 16)
     with paddle.no_grad():

@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import numpy as np
 import paddle
 import pytest
+from conftest import random_codegen
 
 from codegen.generation import GenerationConfig, Request, generate, stream
 from codegen.generation.processors import apply_repetition_penalty, sample_token, top_alternatives
 from codegen.models.cache import KVCache
-from codegen.models.codegen import CodeGenConfig, CodeGenForCausalLM
 
 VOCAB = 1000
 
@@ -44,9 +44,7 @@ class ByteTokenizer:
 
 
 def tiny_model(seed=0, vocab=VOCAB, n_positions=128):
-    paddle.seed(seed)
-    config = CodeGenConfig(vocab_size=vocab, n_positions=n_positions, n_embd=64, n_layer=2, n_head=4, rotary_dim=8)
-    return CodeGenForCausalLM(config).eval()
+    return random_codegen(seed, vocab_size=vocab, n_positions=n_positions, n_embd=64, n_layer=2, n_head=4, rotary_dim=8)
 
 
 class Recording:

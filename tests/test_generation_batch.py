@@ -1,11 +1,12 @@
 """The joinable batch: requests join a running batch, prefill in chunks beside it, and get their solo output."""
 import numpy as np
 import pytest
+from conftest import copy_model
 
 from codegen.generation import Batch, GenerationConfig, generate
 from codegen.inference.fast import make_fast
 
-from test_fast import copy_of, small_model
+from test_fast import small_model
 from test_generation import VOCAB, ByteTokenizer, Recording, collect, tiny_model
 
 RNG = np.random.default_rng(5)
@@ -30,7 +31,7 @@ def run_until_empty(batch, events):
 
 @pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast"])
 def test_requests_joining_mid_batch_get_their_solo_greedy_tokens(fast):
-    model = make_fast(copy_of(small_model(vocab_size=VOCAB, n_positions=128)), "fp32") if fast else tiny_model()
+    model = make_fast(copy_model(small_model(vocab_size=VOCAB, n_positions=128)), "fp32") if fast else tiny_model()
     config = GenerationConfig(max_new_tokens=12, logprobs=2)
     batch = Batch(model, ByteTokenizer(), prefill_chunk=32)
     (first,) = batch.add(SHORT, config)

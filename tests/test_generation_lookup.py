@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import paddle
 import pytest
+from conftest import copy_model, needs_kernels, running_server
 from scipy.stats import chisquare
 
 from codegen import Taskflow
@@ -21,9 +22,8 @@ from codegen.inference.fast import make_fast
 from codegen.predictor import Predictor
 from codegen.server.settings import Settings
 
-from test_fast import copy_of, needs_kernels, small_model
+from test_fast import small_model
 from test_generation import VOCAB, ByteTokenizer, ScriptedModel, collect, tiny_model
-from test_server import running_server
 
 RNG = np.random.default_rng(11)
 BLOCK = RNG.integers(0, VOCAB, 10).tolist()
@@ -133,7 +133,7 @@ def test_the_draft_length_adapts_to_acceptance_within_the_requested_k():
 
 @pytest.mark.parametrize("fast", [False, pytest.param(True, marks=needs_kernels)], ids=["plain", "fused"])
 def test_greedy_tokens_and_logprobs_equal_plain_greedy_while_drafts_are_accepted(fast):
-    model = make_fast(copy_of(small_model(vocab_size=VOCAB, n_positions=128)), "fp32") if fast else tiny_model()
+    model = make_fast(copy_model(small_model(vocab_size=VOCAB, n_positions=128)), "fp32") if fast else tiny_model()
     config = GenerationConfig(max_new_tokens=40, logprobs=2, prompt_lookup_num_tokens=8)
     steps = tokens = accepted = 0
     for prompt in PROMPTS:
@@ -150,7 +150,7 @@ def test_greedy_tokens_and_logprobs_equal_plain_greedy_while_drafts_are_accepted
 
 @pytest.mark.parametrize("fast", [False, pytest.param(True, marks=needs_kernels)], ids=["plain", "fused"])
 def test_rows_with_different_k_sharing_steps_and_joining_mid_batch_get_their_solo_tokens(fast):
-    model = make_fast(copy_of(small_model(vocab_size=VOCAB, n_positions=128)), "fp32") if fast else tiny_model()
+    model = make_fast(copy_model(small_model(vocab_size=VOCAB, n_positions=128)), "fp32") if fast else tiny_model()
     batch = Batch(model, ByteTokenizer(), prefill_chunk=16)
     configs = [GenerationConfig(max_new_tokens=n, logprobs=1, prompt_lookup_num_tokens=k)
                for n, k in ((30, 0), (25, 8), (35, 3), (20, 5))]

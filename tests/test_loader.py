@@ -4,13 +4,13 @@ without one), and pre-quantized / fp16 / bf16 checkpoints from `codegen convert`
 The fused path may compile the CPU kernels on first use (~20 s, then cached).
 """
 import json
-import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 import paddle
 import pytest
+from conftest import needs_kernels
 
 from codegen.checkpoints import (CONFIG_FILE, WEIGHTS_FILE, SafetensorsFile, convert, load_model, read_config,
                                  save_model)
@@ -21,8 +21,6 @@ from codegen.inference.quantize import WeightOnlyLinear, quantize_linears
 from codegen.models import CodeGeeXConfig, CodeGeeXForCausalLM, CodeGenConfig, CodeGenForCausalLM
 
 FIXTURES = Path(__file__).parent / "fixtures"
-needs_kernels = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                                   reason="no C++ compiler: the kernels cannot be built here")
 IDS = paddle.to_tensor(np.random.default_rng(0).integers(0, 128, size=(2, 12)), dtype="int64")
 
 

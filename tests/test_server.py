@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -20,15 +19,14 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from conftest import make_tiny_codegen
+from conftest import (READY_TIMEOUT, SERVER_CONTEXT, free_socket, gated_server, health, parse_settings,
+                      running_server, sse_payloads, wait_idle, wait_until)
 
-from codegen.server.app import DROPPED_HEADER, MAX_TOKENS_HEADER, create_app, load_predictor
+from codegen.server.app import DROPPED_HEADER, MAX_TOKENS_HEADER, load_predictor
 from codegen.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FIM_TOKENS
-from codegen.server.settings import Settings, add_arguments, settings_from_args
+from codegen.server.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
-CONTEXT = 2048          # Copilot asks for 500 tokens, more than a 256-position model holds
-READY_TIMEOUT = 60.0
 
 COPILOT_BODY = {"prompt": "# hello world\ndef hello():\n", "suffix": "", "max_tokens": 500, "temperature": 0,
                 "top_p": 1, "n": 1, "stop": ["\n"], "nwo": "o/r", "stream": True,
@@ -38,110 +36,9 @@ COPILOT_BODY = {"prompt": "# hello world\ndef hello():\n", "suffix": "", "max_to
 
 # -- running servers --------------------------------------------------------------------
 
-def free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-def wait_until(condition, what: str, timeout: float = READY_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def health(base: str) -> int | None:
-    try:
-        return httpx.get(base + "/health", timeout=5).status_code
-    except httpx.TransportError:
-        return None
-
-
-@contextlib.contextmanager
-def running_server(settings: Settings, load=None, wait_ready=True, on_load_failure=None):
-    """A uvicorn server in a thread; yields (base url, app)."""
-    import uvicorn
-    sock = free_socket()
-    app = create_app(settings, load=load, on_load_failure=on_load_failure)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
-        wait_until(lambda: health(base) == 200 if wait_ready else health(base) is not None, "the server")
-        yield base, app
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
-
-
-def wait_idle(engine):
-    """Earlier tests' requests may still be decoding; counting forward calls needs them gone."""
-    wait_until(lambda: not engine.running and not engine._waiting, "the engine to go idle")
-
-
-class Gate:
-    """Wraps the model's forward: records each call's batch size, can hold the worker inside one or fail."""
-
-    def __init__(self):
-        self.calls: list[int] = []
-        self.shapes: list[tuple[int, int]] = []     # each call's (rows, positions)
-        self.open = threading.Event()
-        self.open.set()
-        self.entered = threading.Event()
-        self.fail = threading.Event()
-        # the worker closes the gate on itself at this call, so a test can hold a generation
-        # mid-stream however fast decoding is
-        self.close_at_call: int | None = None
-        self._lock = threading.Lock()
-
-    def release(self):
-        """Open the gate for good, also if the worker has not reached `close_at_call` yet (on a busy
-        machine it may get there after the test has moved on: it must not close the gate then)."""
-        with self._lock:
-            self.close_at_call = None
-            self.open.set()
-
-    def loader(self, settings):
-        def load():
-            predictor = load_predictor(settings)
-            forward = predictor.model.forward
-
-            def gated(input_ids, *args, **kwargs):
-                with self._lock:
-                    self.calls.append(input_ids.shape[0])
-                    self.shapes.append(tuple(input_ids.shape))
-                    if self.close_at_call is not None and len(self.calls) >= self.close_at_call:
-                        self.close_at_call = None
-                        self.open.clear()
-                self.entered.set()
-                self.open.wait()
-                if self.fail.is_set():
-                    raise RuntimeError("injected failure")
-                return forward(input_ids, *args, **kwargs)
-
-            predictor.model.forward = gated
-            return predictor
-        return load
-
-
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return make_tiny_codegen(tmp_path_factory.mktemp("server-model"), n_positions=CONTEXT)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(model_dir):
-    from codegen.tokenizer import load_tokenizer
-    return load_tokenizer(model_dir)
-
-
-@pytest.fixture(scope="module")
-def server(model_dir):
-    with running_server(Settings(model=str(model_dir), max_batch_size=8, max_queue=16)) as (base, _):
+def server(server_model_dir):
+    with running_server(Settings(model=str(server_model_dir), max_batch_size=8, max_queue=16)) as (base, _):
         yield base
 
 
@@ -150,29 +47,16 @@ def client(server):
     return openai.OpenAI(base_url=server + "/v1", api_key="x", max_retries=0, timeout=60)
 
 
-def sse_payloads(response: httpx.Response) -> list:
-    """The data of each event, checking the framing: one `data: ` line, then a blank line."""
-    raw = response.read().decode("utf-8")
-    assert raw.endswith("\n\n")
-    payloads = []
-    for block in raw[:-2].split("\n\n"):
-        assert block.startswith("data: ") and "\n" not in block, repr(block)
-        data = block[len("data: "):]
-        assert not data.startswith("data:"), repr(block)
-        payloads.append(data if data == "[DONE]" else json.loads(data))
-    return payloads
-
-
 @pytest.fixture(scope="module")
-def reference(model_dir, tokenizer):
+def reference(server_model_dir, server_tokenizer):
     """log-softmax over the tokenizer's ids from a plain forward pass of the model, [len(ids), vocab]."""
     import paddle
     from codegen.checkpoints import load_model
-    model = load_model(model_dir)
+    model = load_model(server_model_dir)
 
     def logprobs(ids: list[int]) -> np.ndarray:
         logits = model(paddle.to_tensor([ids], dtype="int64"))[0].numpy().astype(np.float64)
-        logits = logits[:, :len(tokenizer)]
+        logits = logits[:, :len(server_tokenizer)]
         logits -= logits.max(axis=-1, keepdims=True)
         return logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
     return logprobs
@@ -180,7 +64,7 @@ def reference(model_dir, tokenizer):
 
 # -- the openai package ---------------------------------------------------------------------
 
-def test_openai_completion_has_the_openai_shape_and_real_usage(client, tokenizer):
+def test_openai_completion_has_the_openai_shape_and_real_usage(client, server_tokenizer):
     prompt = "def fibonacci(n):\n"
     before = int(time.time())
     result = client.completions.create(model="whatever-the-editor-says", prompt=prompt, max_tokens=7,
@@ -189,7 +73,7 @@ def test_openai_completion_has_the_openai_shape_and_real_usage(client, tokenizer
     assert before <= result.created <= int(time.time())
     assert len(result.choices) == 1 and result.choices[0].index == 0
     assert result.choices[0].finish_reason in ("stop", "length")
-    assert result.usage.prompt_tokens == len(tokenizer.encode(prompt))
+    assert result.usage.prompt_tokens == len(server_tokenizer.encode(prompt))
     assert 1 <= result.usage.completion_tokens <= 7
     assert result.usage.total_tokens == result.usage.prompt_tokens + result.usage.completion_tokens
 
@@ -236,16 +120,16 @@ def test_stop_string_spanning_tokens_never_reaches_the_stream(client):
         assert chunks[-1].choices[0].finish_reason == "stop"
 
 
-def test_logprobs_are_the_models_log_probabilities(client, reference, tokenizer):
+def test_logprobs_are_the_models_log_probabilities(client, reference, server_tokenizer):
     prompt = "for i in range(10):\n"
     result = client.completions.create(model="m", prompt=prompt, max_tokens=6, temperature=0, logprobs=3)
     choice = result.choices[0]
     lp = choice.logprobs
-    ids = tokenizer.encode(prompt)
+    ids = server_tokenizer.encode(prompt)
     for i in range(len(lp.tokens)):        # greedy decoding redone with a plain forward pass
         step = reference(ids)[-1]
         ids.append(int(np.argmax(step)))
-        assert lp.tokens[i] == tokenizer.decode([ids[-1]])
+        assert lp.tokens[i] == server_tokenizer.decode([ids[-1]])
         assert lp.token_logprobs[i] == pytest.approx(step[ids[-1]], abs=1e-4)
         assert len(lp.top_logprobs[i]) == 3
         assert max(lp.top_logprobs[i].values()) == pytest.approx(lp.token_logprobs[i], abs=1e-6)
@@ -253,12 +137,12 @@ def test_logprobs_are_the_models_log_probabilities(client, reference, tokenizer)
     assert lp.text_offset == [len("".join(lp.tokens[:i])) for i in range(len(lp.tokens))]
 
 
-def test_echo_with_logprobs_scores_the_prompt(client, reference, tokenizer):
+def test_echo_with_logprobs_scores_the_prompt(client, reference, server_tokenizer):
     prompt = "x = [1, 2, 3]\nprint(sum(x))\n"
     result = client.completions.create(model="m", prompt=prompt, max_tokens=0, echo=True, logprobs=1)
     choice = result.choices[0]
     assert choice.text == prompt and choice.finish_reason == "length"
-    ids = tokenizer.encode(prompt)
+    ids = server_tokenizer.encode(prompt)
     assert "".join(choice.logprobs.tokens) == prompt
     assert choice.logprobs.token_logprobs[0] is None
     scores = reference(ids)
@@ -277,11 +161,11 @@ def test_echo_streamed_starts_each_choice_with_the_prompt(client):
         assert "".join(c.text for c in mine).startswith(prompt) and len(mine) > 1
 
 
-def test_stream_options_include_usage_adds_a_usage_chunk(client, tokenizer):
+def test_stream_options_include_usage_adds_a_usage_chunk(client, server_tokenizer):
     prompt = "print('hi')\n"
     chunks = list(client.completions.create(model="m", prompt=prompt, max_tokens=4, temperature=0, stream=True,
                                             stream_options={"include_usage": True}))
-    assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == len(tokenizer.encode(prompt))
+    assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == len(server_tokenizer.encode(prompt))
     assert chunks[-1].usage.completion_tokens >= 1
 
 
@@ -294,10 +178,10 @@ def test_list_of_prompts_orders_choices_prompt_by_prompt(client):
     assert [c.text for c in result.choices] == [alone[0], alone[0], alone[1], alone[1]]
 
 
-def test_models_route_lists_the_model_and_says_it_cannot_infill(client):
+def test_models_route_lists_the_model_and_says_it_cannot_infill(client, server_model_dir):
     (model,) = client.models.list().data
-    assert model.id == "server-model0" and model.model_extra["infill"] is False
-    assert model.model_extra["context_length"] == CONTEXT
+    assert model.id == server_model_dir.name and model.model_extra["infill"] is False
+    assert model.model_extra["context_length"] == SERVER_CONTEXT
 
 
 # -- raw HTTP: Copilot and errors ---------------------------------------------------------
@@ -318,12 +202,13 @@ def test_copilot_request_replayed_on_an_engine_route(server):
         assert len({c["id"] for c in chunks}) == 1
 
 
-def test_long_prompt_is_left_truncated_and_max_tokens_clamped(server, tokenizer):
+def test_long_prompt_is_left_truncated_and_max_tokens_clamped(server, server_tokenizer):
     line = "value = compute(value)\n"
-    prompt = line * (3000 // len(tokenizer.encode(line)) + 1)
-    length = len(tokenizer.encode(prompt))
-    assert length > CONTEXT
-    for max_tokens, kept, allowed in ((500, CONTEXT - 500, 500), (2000, CONTEXT // 2, CONTEXT // 2)):
+    prompt = line * (3000 // len(server_tokenizer.encode(line)) + 1)
+    length = len(server_tokenizer.encode(prompt))
+    assert length > SERVER_CONTEXT
+    half = SERVER_CONTEXT // 2
+    for max_tokens, kept, allowed in ((500, SERVER_CONTEXT - 500, 500), (2000, half, half)):
         with httpx.Client(timeout=60) as http, \
                 http.stream("POST", server + "/v1/completions",
                             json={**COPILOT_BODY, "prompt": prompt, "max_tokens": max_tokens, "stop": []}) as r:
@@ -343,7 +228,7 @@ def test_long_prompt_is_left_truncated_and_max_tokens_clamped(server, tokenizer)
     ({"prompt": "x", "max_tokens": "ten"}, "max_tokens"),
     ({"prompt": "x", "max_tokens": True}, "max_tokens"),
     ({"prompt": "x", "max_tokens": -1}, "max_tokens"),
-    ({"prompt": "x", "max_tokens": CONTEXT + 1}, "max_tokens"),
+    ({"prompt": "x", "max_tokens": SERVER_CONTEXT + 1}, "max_tokens"),
     ({"prompt": "x", "n": 0}, "n"),
     ({"prompt": "x", "n": 9}, "n"),
     ({"prompt": ["x"] * 3, "n": 3}, "n"),
@@ -383,9 +268,9 @@ def test_unknown_fields_are_tolerated(server):
 
 # -- loading, auth, queueing, batching, cancellation ----------------------------------------
 
-def test_health_is_503_while_loading_then_200(model_dir):
+def test_health_is_503_while_loading_then_200(server_model_dir):
     release = threading.Event()
-    settings = Settings(model=str(model_dir))
+    settings = Settings(model=str(server_model_dir))
 
     def slow_load():
         release.wait(READY_TIMEOUT)
@@ -400,7 +285,7 @@ def test_health_is_503_while_loading_then_200(model_dir):
         wait_until(lambda: health(base) == 200, "the model to load")
 
 
-def test_failed_load_is_reported_and_signalled(model_dir):
+def test_failed_load_is_reported_and_signalled(server_model_dir):
     failures = []
 
     def broken_load():
@@ -414,8 +299,8 @@ def test_failed_load_is_reported_and_signalled(model_dir):
         assert "no weights here" in httpx.post(base + "/v1/completions", json={}).json()["error"]["message"]
 
 
-def test_api_key_is_required_when_set(model_dir):
-    with running_server(Settings(model=str(model_dir), api_key="sesame")) as (base, _):
+def test_api_key_is_required_when_set(server_model_dir):
+    with running_server(Settings(model=str(server_model_dir), api_key="sesame")) as (base, _):
         assert httpx.get(base + "/v1/models").status_code == 401
         wrong = httpx.get(base + "/v1/models", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
@@ -437,12 +322,10 @@ def test_copilot_token_stub_without_a_key(server):
 
 
 @pytest.fixture(scope="module")
-def gated(model_dir):
-    gate = Gate()
-    settings = Settings(model=str(model_dir), max_batch_size=4, max_queue=3, prompt_cache_entries=0)
-    with running_server(settings, load=gate.loader(settings)) as (base, app):
-        yield base, app.state.engine, gate
-        gate.release()
+def gated(server_model_dir):
+    settings = Settings(model=str(server_model_dir), max_batch_size=4, max_queue=3, prompt_cache_entries=0)
+    with gated_server(settings) as served:
+        yield served
 
 
 def test_waiting_requests_share_one_batch_and_a_full_queue_gets_429(gated):
@@ -474,12 +357,14 @@ def test_waiting_requests_share_one_batch_and_a_full_queue_gets_429(gated):
 def test_client_disconnect_stops_generation_within_one_step(gated):
     base, engine, gate = gated
     wait_idle(engine)
-    gate.close_at_call = len(gate.calls) + 2      # prefill runs, the first decode step holds
+    gate.hold_the_first_decode_step()
     try:
         with httpx.Client(timeout=60) as http:
             with http.stream("POST", base + "/v1/completions",
                              json={"prompt": "x = 0\n", "max_tokens": 400, "temperature": 0, "stream": True}) as r:
-                next(line for line in r.iter_lines() if line.startswith("data: {"))
+                lines = r.iter_lines()      # dropping it would close the connection now: leaving is below
+                next(line for line in lines if line.startswith("data: {"))
+                gate.wait_held()
                 (job,) = engine.running
             wait_until(lambda: job.cancelled, "the server to notice the disconnect")
             calls_at_cancel = len(gate.calls)
@@ -496,7 +381,7 @@ def test_an_error_after_streaming_started_ends_the_stream_with_an_error_event(ga
     base, engine, gate = gated
     body = {"prompt": "x = 0\n", "max_tokens": 400, "temperature": 0}
     wait_idle(engine)
-    gate.close_at_call = len(gate.calls) + 2      # hold the first decode step until the failure is armed
+    gate.hold_the_first_decode_step()      # until the failure is armed
     with httpx.Client(timeout=60) as http:
         with http.stream("POST", base + "/v1/completions", json={**body, "stream": True}) as r:
             lines = r.iter_lines()
@@ -518,10 +403,10 @@ def test_an_error_after_streaming_started_ends_the_stream_with_an_error_event(ga
 # -- fill in the middle ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def fim_model_dir(model_dir, tmp_path_factory) -> Path:
+def fim_model_dir(server_model_dir, tmp_path_factory) -> Path:
     from codegen.tokenizer import load_tokenizer
     directory = tmp_path_factory.mktemp("fim") / "fim-model"
-    shutil.copytree(model_dir, directory)
+    shutil.copytree(server_model_dir, directory)
     tok = load_tokenizer(directory)
     tok.add_special_tokens(list(FIM_TOKENS))
     tok.save(directory)
@@ -554,9 +439,9 @@ def test_suffix_builds_a_psm_prompt_when_the_tokenizer_has_fim_tokens(fim_model_
     assert prepared.dropped == len(tok.encode(prefix)) + len(tok.encode(suffix)) + 3 - (64 - 16)
 
 
-def test_suffix_is_ignored_without_fim_tokens(tokenizer):
-    prepared = fake_predictor(tokenizer, 2048).prepare("def f(x):\n", 16, "    return x\n")
-    assert prepared.ids == tokenizer.encode("def f(x):\n") and prepared.text == "def f(x):\n"
+def test_suffix_is_ignored_without_fim_tokens(server_tokenizer):
+    prepared = fake_predictor(server_tokenizer, 2048).prepare("def f(x):\n", 16, "    return x\n")
+    assert prepared.ids == server_tokenizer.encode("def f(x):\n") and prepared.text == "def f(x):\n"
 
 
 def test_infilling_server(fim_model_dir):
@@ -574,36 +459,22 @@ def test_infilling_server(fim_model_dir):
 
 # -- settings and the entry point ---------------------------------------------------------------
 
-def parse(argv, env):
-    import argparse
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    old = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("CODEGEN_") and k != "CODEGEN_HOME"}
-    os.environ.update(env)
-    try:
-        return settings_from_args(parser.parse_args(argv))
-    finally:
-        for k in env:
-            del os.environ[k]
-        os.environ.update(old)
-
-
 def test_flags_win_over_environment_which_wins_over_defaults():
-    settings = parse(["--port", "9001"], {"CODEGEN_PORT": "9100", "CODEGEN_MAX_BATCH_SIZE": "3",
+    settings = parse_settings(["--port", "9001"], {"CODEGEN_PORT": "9100", "CODEGEN_MAX_BATCH_SIZE": "3",
                                           "CODEGEN_TEMPERATURE": "0"})
     assert (settings.port, settings.max_batch_size, settings.temperature) == (9001, 3, 0.0)
     assert settings.host == "127.0.0.1" and settings.max_queue == Settings().max_queue
     with pytest.raises(ValueError, match="CODEGEN_MAX_QUEUE"):
-        parse([], {"CODEGEN_MAX_QUEUE": "many"})
+        parse_settings([], {"CODEGEN_MAX_QUEUE": "many"})
     with pytest.raises(ValueError, match="max_batch_size"):
-        parse(["--max-batch-size", "0"], {})
+        parse_settings(["--max-batch-size", "0"], {})
 
 
-def test_entry_point_serves_from_environment_settings(model_dir):
+def test_entry_point_serves_from_environment_settings(server_model_dir):
     sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()
-    env = {**os.environ, "CODEGEN_MODEL": str(model_dir), "CODEGEN_PORT": str(port), "CODEGEN_API_KEY": "k",
+    env = {**os.environ, "CODEGEN_MODEL": str(server_model_dir), "CODEGEN_PORT": str(port), "CODEGEN_API_KEY": "k",
            "CODEGEN_LOG_LEVEL": "warning"}
     process = subprocess.Popen([sys.executable, str(REPO / "codegen_server.py")], env=env, cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -613,7 +484,7 @@ def test_entry_point_serves_from_environment_settings(model_dir):
         assert process.poll() is None, process.stdout.read().decode()
         assert httpx.get(base + "/v1/models").status_code == 401
         models = httpx.get(base + "/v1/models", headers={"Authorization": "Bearer k"}).json()
-        assert models["data"][0]["id"] == model_dir.name
+        assert models["data"][0]["id"] == server_model_dir.name
     finally:
         process.terminate()
         process.wait(30)
@@ -633,18 +504,18 @@ def test_settings_default_to_paddlenlp_codegen_servers_and_take_its_names():
     assert (defaults.temperature, defaults.top_k, defaults.top_p, defaults.repetition_penalty, defaults.min_length,
             defaults.max_tokens, defaults.decode_strategy, defaults.use_faster, defaults.use_fp16_decoding) == \
         (0.5, 10, 1.0, 1.0, 0, 16, "greedy_search", True, True)
-    settings = parse(["--model-name-or-path", "m1", "--max-length", "32", "--no-use-faster", "--top-k", "4"],
+    settings = parse_settings(["--model-name-or-path", "m1", "--max-length", "32", "--no-use-faster", "--top-k", "4"],
                      {"CODEGEN_USE_FP16_DECODING": "false", "CODEGEN_DECODE_STRATEGY": "sampling",
                       "CODEGEN_REPETITION_PENALTY": "1.2", "CODEGEN_MIN_LENGTH": "2", "CODEGEN_DEVICE": "cpu"})
     assert (settings.model, settings.max_tokens, settings.use_faster, settings.use_fp16_decoding, settings.top_k,
             settings.decode_strategy, settings.repetition_penalty, settings.min_length, settings.device) == \
         ("m1", 32, False, False, 4, "sampling", 1.2, 2, "cpu")
-    by_env = parse([], {"CODEGEN_MODEL_NAME_OR_PATH": "m2", "CODEGEN_MAX_LENGTH": "8"})
+    by_env = parse_settings([], {"CODEGEN_MODEL_NAME_OR_PATH": "m2", "CODEGEN_MAX_LENGTH": "8"})
     assert (by_env.model, by_env.max_tokens) == ("m2", 8)
     with pytest.raises(ValueError, match="CODEGEN_USE_FASTER"):
-        parse([], {"CODEGEN_USE_FASTER": "maybe"})
+        parse_settings([], {"CODEGEN_USE_FASTER": "maybe"})
     with pytest.raises(ValueError, match="decode_strategy"):
-        parse(["--decode-strategy", "beam_search"], {})
+        parse_settings(["--decode-strategy", "beam_search"], {})
 
 
 def test_request_fields_override_the_servers_decoding_defaults():
@@ -664,15 +535,15 @@ def test_request_fields_override_the_servers_decoding_defaults():
     assert (sampling.decode_strategy, sampling.temperature, sampling.top_k) == ("sampling", 0.5, 10)
 
 
-def test_use_faster_and_use_fp16_decoding_pick_the_weights(model_dir):
+def test_use_faster_and_use_fp16_decoding_pick_the_weights(server_model_dir):
     import paddle
     from codegen.models.codegen import CodeGenForCausalLM
     from codegen.inference.fast import FastCodeGenForCausalLM
-    plain = load_predictor(Settings(model=str(model_dir), use_faster=False, use_fp16_decoding=False))
+    plain = load_predictor(Settings(model=str(server_model_dir), use_faster=False, use_fp16_decoding=False))
     assert type(plain.model) is CodeGenForCausalLM and plain.model.lm_head.weight.dtype == paddle.float32
-    fast = load_predictor(Settings(model=str(model_dir)))
+    fast = load_predictor(Settings(model=str(server_model_dir)))
     assert isinstance(fast.model, FastCodeGenForCausalLM)
-    fp16 = load_predictor(Settings(model=str(model_dir), use_faster=False))
+    fp16 = load_predictor(Settings(model=str(server_model_dir), use_faster=False))
     assert "float16" in str(fp16.model.transformer.h[0].mlp.fc_in.weight.dtype).lower()
 
 

@@ -1,4 +1,5 @@
 """The server as a team shares it: continuous batching, cancellation, deadlines, several keys, metrics."""
+import contextlib
 import json
 import logging
 import os
@@ -9,26 +10,22 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from conftest import READY_TIMEOUT, gated_server, running_server, wait_idle, wait_until
 
 from codegen.server import engine as engine_module
 from codegen.server import reload_keys_on_sighup
 from codegen.server.keys import fingerprint
 from codegen.server.settings import Settings
 
-from test_server import (READY_TIMEOUT, Gate, model_dir, running_server, tokenizer,  # noqa: F401
-                         wait_idle, wait_until)
-
 GREEDY = {"temperature": 0, "stop": None}
 
 
 @pytest.fixture(scope="module")
-def gated(model_dir):  # noqa: F811
-    gate = Gate()
-    settings = Settings(model=str(model_dir), max_batch_size=4, max_queue=8, prompt_cache_entries=0,
+def gated(server_model_dir):
+    settings = Settings(model=str(server_model_dir), max_batch_size=4, max_queue=8, prompt_cache_entries=0,
                         request_timeout=30)
-    with running_server(settings, load=gate.loader(settings)) as (base, app):
-        yield base, app.state.engine, gate
-        gate.release()
+    with gated_server(settings) as served:
+        yield served
 
 
 def completion_text(http, base, body) -> str:
@@ -51,11 +48,12 @@ def test_a_request_joins_a_running_stream_and_both_get_their_solo_greedy_text(ga
         calls_before = len(gate.calls)
         # the long stream holds at its first decode step until the short request waits, so the
         # short one joins with the long one's 149 steps ahead, however slow this machine is
-        hold_a_decode_step(gate)
+        gate.hold_the_first_decode_step()
         try:
             with http.stream("POST", base + "/v1/completions", json={**long_body, "stream": True}) as streaming:
                 lines = streaming.iter_lines()
                 first = next(line for line in lines if line.startswith("data: {"))
+                gate.wait_held()    # else the worker could admit the short request before it is seen waiting
                 (long_job,) = engine.running
                 short = pool.submit(completion_text, http, base, short_body)
                 wait_until(lambda: engine._waiting, "the short request to wait for the worker")
@@ -70,11 +68,11 @@ def test_a_request_joins_a_running_stream_and_both_get_their_solo_greedy_text(ga
     assert streamed == solo_long
 
 
-def test_a_long_prompt_is_prefilled_in_chunks_between_a_streams_decode_steps(gated, tokenizer):  # noqa: F811
+def test_a_long_prompt_is_prefilled_in_chunks_between_a_streams_decode_steps(gated, server_tokenizer):
     base, engine, gate = gated
     wait_idle(engine)
     long_prompt = "value = compute(alpha, beta)\n" * 120
-    assert len(tokenizer.encode(long_prompt)) > 3 * 256
+    assert len(server_tokenizer.encode(long_prompt)) > 3 * 256
     with httpx.Client(timeout=60) as http:
         with http.stream("POST", base + "/v1/completions",
                          json={"prompt": "x = 1\n", "max_tokens": 400, "stream": True, **GREEDY}) as streaming:
@@ -92,20 +90,37 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_a_streams_decode_steps(gat
     assert running_tokens > 0
 
 
-def hold_a_decode_step(gate):
-    gate.close_at_call = len(gate.calls) + 2      # the prefill runs, the first decode step holds
+@contextlib.contextmanager
+def streamed_request(base, body):
+    """A streamed request, open once its first token has arrived; leaving the block hangs up."""
+    with httpx.Client(timeout=60) as http, \
+            http.stream("POST", base + "/v1/completions", json={**body, "stream": True}) as response:
+        lines = response.iter_lines()       # dropping it would close the connection at once
+        next(line for line in lines if line.startswith("data: {"))
+        yield
 
 
-def test_a_streamed_client_that_leaves_is_dropped_within_one_decode_step(gated):
+@contextlib.contextmanager
+def non_streamed_request(base, body):
+    """A request on a raw socket (a client library would wait for the whole response); leaving the block
+    hangs up."""
+    payload = json.dumps(body).encode()
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
+        yield
+
+
+@pytest.mark.parametrize("request_that_leaves", [streamed_request, non_streamed_request])
+def test_a_client_that_leaves_is_dropped_within_one_decode_step(gated, request_that_leaves):
     base, engine, gate = gated
     wait_idle(engine)
-    hold_a_decode_step(gate)
+    gate.hold_the_first_decode_step()
     try:
-        with httpx.Client(timeout=60) as http:
-            with http.stream("POST", base + "/v1/completions",
-                             json={"prompt": "x = 0\n", "max_tokens": 400, "stream": True, **GREEDY}) as r:
-                next(line for line in r.iter_lines() if line.startswith("data: {"))
-                (job,) = engine.running
+        with request_that_leaves(base, {"prompt": "x = 0\n", "max_tokens": 400, **GREEDY}):
+            gate.wait_held()
+            (job,) = engine.running
         wait_until(lambda: job.cancelled, "the server to notice the disconnect")
         steps_at_cancel = engine.decode_steps
     finally:
@@ -114,37 +129,18 @@ def test_a_streamed_client_that_leaves_is_dropped_within_one_decode_step(gated):
     assert engine.decode_steps - steps_at_cancel <= 1     # only the step held when it left
 
 
-def test_a_non_streamed_client_that_leaves_is_dropped_within_one_decode_step(gated):
-    base, engine, gate = gated
-    wait_idle(engine)
-    hold_a_decode_step(gate)
-    body = json.dumps({"prompt": "x = 0\n", "max_tokens": 400, **GREEDY}).encode()
-    host, port = base.removeprefix("http://").split(":")
-    try:
-        with socket.create_connection((host, int(port))) as sock:
-            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-            wait_until(lambda: engine.running and not gate.open.is_set(), "the request to be decoding")
-            (job,) = engine.running
-        wait_until(lambda: job.cancelled, "the server to notice the disconnect")
-        steps_at_cancel = engine.decode_steps
-    finally:
-        gate.release()
-    wait_until(lambda: job not in engine.running and not engine._batch, "the row to leave")
-    assert engine.decode_steps - steps_at_cancel <= 1
-
-
 def test_a_request_past_its_deadline_ends_with_what_it_has(gated):
     base, engine, gate = gated
     wait_idle(engine)
     engine_timeout = 1.0
-    hold_a_decode_step(gate)
+    gate.hold_the_first_decode_step()
     sent = time.monotonic()
     with httpx.Client(timeout=60) as http:
         with http.stream("POST", base + "/v1/completions",
                          json={"prompt": "x = 0\n", "max_tokens": 400, "stream": True, **GREEDY}) as r:
             lines = r.iter_lines()
             next(line for line in lines if line.startswith("data: {"))
+            gate.wait_held()
             (job,) = engine.running
             assert job.timeout == 30                # --request-timeout
             job.timeout = engine_timeout          # shorter than the server's 30 s, for this request only
@@ -176,9 +172,9 @@ def test_the_worker_hands_freed_memory_back_every_few_finished_requests(gated, m
     assert len(releases) == 2
 
 
-def test_several_keys_are_accepted_named_by_fingerprint_and_reloaded_on_sighup(model_dir, key_file, caplog):  # noqa: F811
+def test_several_keys_are_accepted_named_by_fingerprint_and_reloaded_on_sighup(server_model_dir, key_file, caplog):
     caplog.set_level(logging.INFO, logger="codegen.server")
-    settings = Settings(model=str(model_dir), api_key=("flag-one", "flag-two"), api_key_file=str(key_file))
+    settings = Settings(model=str(server_model_dir), api_key=("flag-one", "flag-two"), api_key_file=str(key_file))
     with running_server(settings) as (base, app), httpx.Client(timeout=60) as http:
         def status(key):
             return http.get(base + "/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code
@@ -206,8 +202,8 @@ def test_a_missing_key_file_is_named():
         APIKeys((), "/nonexistent/keys")
 
 
-def test_metrics_count_requests_tokens_latencies_and_prompt_cache_reuse(model_dir):  # noqa: F811
-    settings = Settings(model=str(model_dir), prompt_cache_entries=2)
+def test_metrics_count_requests_tokens_latencies_and_prompt_cache_reuse(server_model_dir):
+    settings = Settings(model=str(server_model_dir), prompt_cache_entries=2)
     body = {"prompt": "def fib(n):\n    if n < 2:\n        return n\n", "max_tokens": 5, **GREEDY}
     with running_server(settings) as (base, _), httpx.Client(timeout=60) as http:
         for _ in range(2):

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import httpx
 import openai
 import pytest
-from conftest import make_tiny_codegen
+from conftest import make_tiny_codegen, parse_settings, running_server, sse_payloads
 from hypothesis import event, given, settings, strategies as st
 
 from codegen.checkpoints import init_random_codegen
@@ -20,7 +20,6 @@ from codegen.server.app import DROPPED_HEADER, MAX_TOKENS_HEADER, load_predictor
 from codegen.server.guards import is_loopback
 from codegen.server.responses import LOGPROB_FLOOR, JSONResponse, json_text
 from codegen.server.settings import Settings
-from test_server import parse, running_server, sse_payloads
 
 CONTEXT = 256
 FUZZ_CONTEXT = 32
@@ -165,8 +164,8 @@ def test_a_chunked_body_is_counted_as_it_arrives(model_dir):
 
 def test_max_request_bytes_has_a_flag_and_an_environment_variable():
     assert Settings().max_request_bytes == 4 * MiB
-    assert parse([], {"CODEGEN_MAX_REQUEST_BYTES": "1000"}).max_request_bytes == 1000
-    assert parse(["--max-request-bytes", "7"], {"CODEGEN_MAX_REQUEST_BYTES": "1000"}).max_request_bytes == 7
+    assert parse_settings([], {"CODEGEN_MAX_REQUEST_BYTES": "1000"}).max_request_bytes == 1000
+    assert parse_settings(["--max-request-bytes", "7"], {"CODEGEN_MAX_REQUEST_BYTES": "1000"}).max_request_bytes == 7
     with pytest.raises(ValueError, match="max_request_bytes"):
         Settings(max_request_bytes=0)
 

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import paddle
 import pytest
+from conftest import random_codegen
 
 from codegen.models.codegeex import CodeGeeXConfig, CodeGeeXForCausalLM
-from codegen.models.codegen import CodeGenConfig, CodeGenForCausalLM
 from codegen.training.args import rewrite_argv
 from codegen.training.lora import (LoRALinear, apply_lora, load_adapters, merge_lora, save_adapters,
                                    trainable_state)
@@ -18,15 +18,11 @@ VOCAB = 96
 
 
 def small_model(kind="codegen", seed=0):
-    paddle.seed(seed)
     if kind == "codegen":
-        model = CodeGenForCausalLM(CodeGenConfig(vocab_size=VOCAB, n_positions=32, n_embd=16, n_layer=2, n_head=4,
-                                                 rotary_dim=2))
-    else:  # two layers: one standard, one top-query
-        model = CodeGeeXForCausalLM(CodeGeeXConfig(hidden_size=16, num_layers=2, num_attention_heads=4,
-                                                   padded_vocab_size=VOCAB, max_position_embeddings=32))
-    model.eval()
-    return model
+        return random_codegen(seed, vocab_size=VOCAB, n_positions=32, n_embd=16, n_layer=2, n_head=4, rotary_dim=2)
+    paddle.seed(seed)   # two layers: one standard, one top-query
+    return CodeGeeXForCausalLM(CodeGeeXConfig(hidden_size=16, num_layers=2, num_attention_heads=4,
+                                              padded_vocab_size=VOCAB, max_position_embeddings=32)).eval()
 
 
 def blocks(model):

@@ -23,7 +23,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 _HERE = Path(__file__).resolve().parent
-_SOURCES = ("ops.cc", "gemm.h", "matvec.h", "simd.h", "amx.h")
+_SOURCES = ("ops.cc", "gemm.h", "matvec.h", "simd.h", "amx.h", "amx_matvec.h")
 _CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
 _LD_FLAGS = ["-fopenmp"]
 
@@ -85,6 +85,16 @@ class Kernels:
         """Turn the int8 and bf16 prefill GEMMs off (every format then takes the fp32 one) or back
         on where the CPU has them. Process-wide; meant for comparisons."""
         self._c.codegen_prefill_kernels(1 if enabled else 0)
+
+    def amx_matvec(self) -> bool:
+        """Whether int8 weights meet up to 16 activation rows (decoding, verifying drafts) in AMX
+        tiles: where the CPU and OS allow it, unless turned off."""
+        return bool(self._c.codegen_amx_matvec(-1))
+
+    def use_amx_matvec(self, enabled: bool) -> None:
+        """Turn the AMX int8 matvec off (the AVX-512/AVX2 kernel then takes those rows) or back on
+        where usable. Process-wide; meant for comparisons."""
+        self._c.codegen_amx_matvec(1 if enabled else 0)
 
     def weight_only_linear(self, x, weight, scale=None, bias=None, reduced_precision: bool = False):
         """x [..., in] fp32 @ weight [out, in]^T (* scale per row) + bias -> [..., out] fp32.

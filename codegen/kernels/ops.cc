@@ -986,6 +986,14 @@ int codegen_prefill_kernels(int enable) {
   return (kern::gemm_support().int8 ? 1 : 0) | (kern::gemm_support().bf16 ? 2 : 0);
 }
 
+// Whether int8 matvecs (up to 16 activation rows) use AMX tiles: 1 yes, 0 no (no AMX here,
+// or turned off). With `enable` 0 or 1, first turns them off or back on where usable (the
+// tests compare them with the vector kernel); -1 only reads.
+int codegen_amx_matvec(int enable) {
+  if (enable >= 0) kern::amx::matvec_enabled() = enable && kern::amx::usable().int8;
+  return kern::amx::matvec_enabled() ? 1 : 0;
+}
+
 }  // extern "C"
 
 PD_BUILD_OP(codegen_weight_only_linear)

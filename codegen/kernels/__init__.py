@@ -86,15 +86,16 @@ class Kernels:
         on where the CPU has them. Process-wide; meant for comparisons."""
         self._c.codegen_prefill_kernels(1 if enabled else 0)
 
-    def amx_matvec(self) -> bool:
-        """Whether int8 weights meet up to 16 activation rows (decoding, verifying drafts) in AMX
-        tiles: where the CPU and OS allow it, unless turned off."""
-        return bool(self._c.codegen_amx_matvec(-1))
+    def amx_matvec_min_rows(self) -> int:
+        """The fewest activation rows (of up to 16: decoding, verifying drafts) for which int8
+        weights meet them in AMX tiles; 0 where the CPU or OS lacks AMX, or it is turned off."""
+        return self._c.codegen_amx_matvec(-1, 0)
 
-    def use_amx_matvec(self, enabled: bool) -> None:
-        """Turn the AMX int8 matvec off (the AVX-512/AVX2 kernel then takes those rows) or back on
-        where usable. Process-wide; meant for comparisons."""
-        self._c.codegen_amx_matvec(1 if enabled else 0)
+    def use_amx_matvec(self, enabled: bool, min_rows: int | None = None) -> None:
+        """Turn the AMX int8 matvec off (the vector kernel then takes every row count) or back on
+        where usable, from `min_rows` rows (default: where it measured faster). Both give the
+        same bits. Process-wide; meant for comparisons."""
+        self._c.codegen_amx_matvec(1 if enabled else 0, min_rows or 0)
 
     def weight_only_linear(self, x, weight, scale=None, bias=None, reduced_precision: bool = False):
         """x [..., in] fp32 @ weight [out, in]^T (* scale per row) + bias -> [..., out] fp32.

@@ -163,7 +163,8 @@ struct MatvecInput {
   void prepare(const WeightMatrix& w) {
     if (w.format == WeightFormat::kInt8 && int16.empty()) {
       round_to_int16();
-      if (amx::matvec_enabled() && rows <= amx::kTileRows) int16_tiles.pack(int16.data(), rows, cols);
+      const int amx_rows = amx::matvec_min_rows();
+      if (amx_rows && rows >= amx_rows && rows <= amx::kTileRows) int16_tiles.pack(int16.data(), rows, cols);
     }
   }
 
@@ -208,10 +209,9 @@ void matvec_rows(const WeightMatrix& w, const MatvecInput& in, float* y, int64_t
   const void* end = data + row_end * k;
   if constexpr (std::is_same_v<Fmt, I8>) {
     if (in.int16_tiles.rows) {
-      amx::int8_matvec(data, w.stride(), row_begin, row_end, in.int16_tiles, in.int16.data(),
-                       [&](int64_t r, int64_t m, int64_t dot) {
-                         y[m * ldy + r] = int8_dot_result(w.scale[r], in.int16_scale[m], dot);
-                       });
+      amx::int8_matvec(data, w.stride(), w.scale, row_begin, row_end, in.int16_tiles, in.int16.data(),
+                       in.int16_scale.data(), y, ldy,
+                       [](float w_scale, float x_scale, int64_t dot) { return int8_dot_result(w_scale, x_scale, dot); });
       return;
     }
   }

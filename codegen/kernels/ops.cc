@@ -986,12 +986,14 @@ int codegen_prefill_kernels(int enable) {
   return (kern::gemm_support().int8 ? 1 : 0) | (kern::gemm_support().bf16 ? 2 : 0);
 }
 
-// Whether int8 matvecs (up to 16 activation rows) use AMX tiles: 1 yes, 0 no (no AMX here,
-// or turned off). With `enable` 0 or 1, first turns them off or back on where usable (the
-// tests compare them with the vector kernel); -1 only reads.
-int codegen_amx_matvec(int enable) {
-  if (enable >= 0) kern::amx::matvec_enabled() = enable && kern::amx::usable().int8;
-  return kern::amx::matvec_enabled() ? 1 : 0;
+// The fewest activation rows (of up to 16) an int8 matvec hands to AMX tiles; 0: never (no
+// AMX here, or turned off). With `enable` 0 or 1, first turns them off or back on where
+// usable, from `min_rows` rows (0: the default); -1 only reads. The tests compare the kernels.
+int codegen_amx_matvec(int enable, int min_rows) {
+  if (enable >= 0)
+    kern::amx::matvec_min_rows() =
+        enable && kern::amx::usable().int8 ? (min_rows > 0 ? min_rows : kern::amx::kDefaultMinRows) : 0;
+  return kern::amx::matvec_min_rows();
 }
 
 }  // extern "C"

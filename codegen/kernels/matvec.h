@@ -274,9 +274,10 @@ inline int64_t row_bytes(const WeightMatrix& w) { return w.cols * weight_bytes(w
 struct RowChunks {
   int64_t rows, per_chunk;
   // `bytes_per_row`: the weight bytes a chunk's row stands for (its row in each matrix it covers)
-  // whole 32-row blocks where there are that many (AMX takes weights 16 rows a tile, two tiles at a time)
+  // the nearest whole number of 32-row blocks (AMX takes weights 16 rows a tile, two tiles at a time)
   RowChunks(int64_t rows, int64_t bytes_per_row)
-      : rows(rows), per_chunk(std::max<int64_t>(16, kChunkBytes / std::max<int64_t>(1, bytes_per_row) / 32 * 32)) {}
+      : rows(rows),
+        per_chunk(std::max<int64_t>(16, (kChunkBytes / std::max<int64_t>(1, bytes_per_row) + 16) / 32 * 32)) {}
   int64_t count() const { return (rows + per_chunk - 1) / per_chunk; }
   int64_t begin(int64_t c) const { return c * per_chunk; }
   int64_t end(int64_t c) const { return std::min(rows, (c + 1) * per_chunk); }

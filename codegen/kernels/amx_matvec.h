@@ -145,7 +145,7 @@ KERN_TARGET_AMX void dot_rows(const int8_t* w, int64_t stride, const PackedActiv
     }
     for (int64_t t = t0; t < t1; ++t) {
       const int8_t* wt = w + t * kTileCols;
-      // the lines this column block will need one block of rows later (see matvec_rows)
+      // the lines this column block will need in the next block of rows (int8_matvec walks them in order)
       const char* ahead = reinterpret_cast<const char*>(wt) + G * kTileRows * stride;
       for (int i = 0; i < G * kTileRows; ++i)
         if (ahead + i * stride < prefetch_end) _mm_prefetch(ahead + i * stride, _MM_HINT_T1);
@@ -182,6 +182,24 @@ KERN_TARGET_AMX void dot_rows(const int8_t* w, int64_t stride, const PackedActiv
     }
 }
 
+// y[m * ldy + r0 + i] = result(w_scale[r0 + i], xs[m], dots[i * 16 + m]) for i < count and
+// m < n: computed a row at a time, all 16 activation rows in a vector, then transposed into
+// one contiguous run of y per activation row.
+template <class Result>
+KERN_TARGET_AMX void store_results(const int64_t* dots, int64_t r0, int64_t count, const float* w_scale,
+                                   const float xs[kTileRows], int64_t n, float* y, int64_t ldy, Result result) {
+  alignas(64) float out[kTileRows][kTileRows];
+  for (int i = 0; i < kTileRows; ++i) {
+    const float ws = i < count ? w_scale[r0 + i] : 0.0f;
+    for (int m = 0; m < kTileRows; ++m) out[i][m] = result(ws, xs[m], dots[i * kTileRows + m]);
+  }
+  __m512 v[kTileRows];
+  for (int i = 0; i < kTileRows; ++i) v[i] = _mm512_load_ps(out[i]);
+  transpose16(v);
+  const __mmask16 rows = count >= kTileRows ? 0xffff : (1u << count) - 1;
+  for (int64_t m = 0; m < n; ++m) _mm512_mask_storeu_ps(y + m * ldy + r0, rows, v[m]);
+}
+
 // y[m * ldy + r] = result(w_scale[r], x_scale[m], exact dot of weight row r with x16's
 // row m) for rows [row_begin, row_end) of `w` ([rows, x.cols], `stride` bytes from row to
 // row) and m < x.rows.
@@ -194,26 +212,12 @@ KERN_TARGET_AMX void int8_matvec(const int8_t* w, int64_t stride, const float* w
   float xs[kTileRows] = {};
   std::copy(x_scale, x_scale + x.rows, xs);
   int64_t dots[2 * kTileRows * kTileRows];
-  // 16 rows' results: computed a row at a time, all 16 activation rows in a vector, then
-  // transposed into one contiguous run of y per activation row
-  auto finish = [&](int64_t r0, int64_t count, const int64_t* d) {
-    alignas(64) float out[kTileRows][kTileRows];
-    for (int i = 0; i < kTileRows; ++i) {
-      const float ws = i < count ? w_scale[r0 + i] : 0.0f;
-      for (int m = 0; m < kTileRows; ++m) out[i][m] = result(ws, xs[m], d[i * kTileRows + m]);
-    }
-    __m512 v[kTileRows];
-    for (int i = 0; i < kTileRows; ++i) v[i] = _mm512_load_ps(out[i]);
-    transpose16(v);
-    const __mmask16 rows = count >= kTileRows ? 0xffff : (1u << count) - 1;
-    for (int64_t m = 0; m < x.rows; ++m) _mm512_mask_storeu_ps(y + m * ldy + r0, rows, v[m]);
-  };
   int64_t r = row_begin;
   for (; r + 2 * kTileRows <= row_end; r += 2 * kTileRows) {
     std::fill(std::begin(dots), std::end(dots), 0);
     dot_rows<2>(w + r * stride, stride, x, x16, dots, end);
-    finish(r, kTileRows, dots);
-    finish(r + kTileRows, kTileRows, dots + kTileRows * kTileRows);
+    store_results(dots, r, kTileRows, w_scale, xs, x.rows, y, ldy, result);
+    store_results(dots + kTileRows * kTileRows, r + kTileRows, kTileRows, w_scale, xs, x.rows, y, ldy, result);
   }
   for (; r < row_end; r += kTileRows) {
     std::fill(std::begin(dots), std::end(dots), 0);
@@ -226,7 +230,7 @@ KERN_TARGET_AMX void int8_matvec(const int8_t* w, int64_t stride, const float* w
       for (int64_t i = 0; r + i < row_end; ++i) std::memcpy(&padded[i * x.cols], w + (r + i) * stride, x.cols);
       dot_rows<1>(padded.data(), x.cols, x, x16, dots, nullptr);
     }
-    finish(r, std::min<int64_t>(kTileRows, row_end - r), dots);
+    store_results(dots, r, std::min<int64_t>(kTileRows, row_end - r), w_scale, xs, x.rows, y, ldy, result);
   }
 }
 

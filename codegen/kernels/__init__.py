@@ -23,7 +23,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 _HERE = Path(__file__).resolve().parent
-_SOURCES = ("ops.cc", "gemm.h", "matvec.h", "simd.h", "amx.h")
+_SOURCES = ("ops.cc", "gemm.h", "matvec.h", "simd.h", "amx.h", "amx_matvec.h")
 _CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
 _LD_FLAGS = ["-fopenmp"]
 
@@ -88,6 +88,17 @@ class Kernels:
         on where the CPU has them; with `amx` False, on without AMX (the AVX-512 kernels).
         Process-wide; meant for comparisons."""
         self._c.codegen_prefill_kernels(0 if not enabled else 1 if amx else 2)
+
+    def amx_matvec_min_rows(self) -> int:
+        """The fewest activation rows (of up to 16: decoding, verifying drafts) for which int8
+        weights meet them in AMX tiles; 0 where the CPU or OS lacks AMX, or it is turned off."""
+        return self._c.codegen_amx_matvec(-1, 0)
+
+    def use_amx_matvec(self, enabled: bool, min_rows: int | None = None) -> None:
+        """Turn the AMX int8 matvec off (the vector kernel then takes every row count) or back on
+        where usable, from `min_rows` rows (default: where it measured faster). Both give the
+        same bits. Process-wide; meant for comparisons."""
+        self._c.codegen_amx_matvec(1 if enabled else 0, min_rows or 0)
 
     def weight_only_linear(self, x, weight, scale=None, bias=None, reduced_precision: bool = False):
         """x [..., in] fp32 @ weight [out, in]^T (* scale per row) + bias -> [..., out] fp32.

@@ -21,6 +21,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "amx_matvec.h"
 #include "simd.h"
 
 namespace kern {
@@ -148,17 +149,23 @@ inline void dot_row_int8(const int8_t* w, const int16_t* x, int64_t ldx, int64_t
 }
 
 // The activation rows a matvec reads: fp32, plus their int16 rounding once an
-// int8 weight needs it (`prepare` it before any thread reads it).
+// int8 weight needs it, as AMX tiles too where they are used (`prepare` it
+// before any thread reads it).
 struct MatvecInput {
   const float* x;
   int64_t rows, cols;
   std::vector<int16_t> int16;   // [rows, cols]
   std::vector<float> int16_scale;
+  amx::PackedActivations int16_tiles;  // empty (rows 0) unless AMX takes these rows
 
   MatvecInput(const float* x, int64_t rows, int64_t cols) : x(x), rows(rows), cols(cols) {}
 
   void prepare(const WeightMatrix& w) {
-    if (w.format == WeightFormat::kInt8 && int16.empty()) round_to_int16();
+    if (w.format == WeightFormat::kInt8 && int16.empty()) {
+      round_to_int16();
+      const int amx_rows = amx::matvec_min_rows();
+      if (amx_rows && rows >= amx_rows && rows <= amx::kTileRows) int16_tiles.pack(int16.data(), rows, cols);
+    }
   }
 
   void round_to_int16() {
@@ -185,6 +192,12 @@ struct MatvecInput {
 
 constexpr int kVecTile = 4;
 
+// The int8 matvec contract: `dot` is the exact integer dot product of an int8 weight row
+// with an int16-rounded activation row, so every kernel gives the same bits.
+inline float int8_dot_result(float w_scale, float x_scale, int64_t dot) {
+  return w_scale * x_scale * static_cast<float>(dot);
+}
+
 // y[m * ldy + r] = scale[r] * dot(w row r, x row m) for rows [row_begin, row_end)
 // and all m < num_x. Rows are walked in order, one sequential stream; a row
 // stays in L1 while successive groups of kVecTile activation rows reuse it.
@@ -194,6 +207,14 @@ void matvec_rows(const WeightMatrix& w, const MatvecInput& in, float* y, int64_t
   const auto* data = static_cast<const typename Fmt::T*>(w.data);
   const int64_t k = w.cols;
   const void* end = data + row_end * k;
+  if constexpr (std::is_same_v<Fmt, I8>) {
+    if (in.int16_tiles.rows) {
+      amx::int8_matvec(data, w.stride(), w.scale, row_begin, row_end, in.int16_tiles, in.int16.data(),
+                       in.int16_scale.data(), y, ldy,
+                       [](float w_scale, float x_scale, int64_t dot) { return int8_dot_result(w_scale, x_scale, dot); });
+      return;
+    }
+  }
   float dots[kVecTile];
   for (int64_t r = row_begin; r < row_end; ++r) {
     const auto* wr = data + r * k;
@@ -253,8 +274,10 @@ inline int64_t row_bytes(const WeightMatrix& w) { return w.cols * weight_bytes(w
 struct RowChunks {
   int64_t rows, per_chunk;
   // `bytes_per_row`: the weight bytes a chunk's row stands for (its row in each matrix it covers)
+  // the nearest whole number of 32-row blocks (AMX takes weights 16 rows a tile, two tiles at a time)
   RowChunks(int64_t rows, int64_t bytes_per_row)
-      : rows(rows), per_chunk(std::max<int64_t>(16, kChunkBytes / std::max<int64_t>(1, bytes_per_row))) {}
+      : rows(rows),
+        per_chunk(std::max<int64_t>(16, (kChunkBytes / std::max<int64_t>(1, bytes_per_row) + 16) / 32 * 32)) {}
   int64_t count() const { return (rows + per_chunk - 1) / per_chunk; }
   int64_t begin(int64_t c) const { return c * per_chunk; }
   int64_t end(int64_t c) const { return std::min(rows, (c + 1) * per_chunk); }

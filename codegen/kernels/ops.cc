@@ -1025,6 +1025,16 @@ int codegen_prefill_kernels(int enable) {
   return (s.int8 ? 1 : 0) | (s.bf16 ? 2 : 0) | (s.amx_int8 ? 4 : 0) | (s.amx_bf16 ? 8 : 0);
 }
 
+// The fewest activation rows (of up to 16) an int8 matvec hands to AMX tiles; 0: never (no
+// AMX here, or turned off). With `enable` 0 or 1, first turns them off or back on where
+// usable, from `min_rows` rows (0: the default); -1 only reads. The tests compare the kernels.
+int codegen_amx_matvec(int enable, int min_rows) {
+  if (enable >= 0)
+    kern::amx::matvec_min_rows() =
+        enable && kern::amx::usable().int8 ? (min_rows > 0 ? min_rows : kern::amx::kDefaultMinRows) : 0;
+  return kern::amx::matvec_min_rows();
+}
+
 }  // extern "C"
 
 PD_BUILD_OP(codegen_weight_only_linear)

@@ -1,0 +1,237 @@
+// int8 weights times up to 16 int16 activation rows on AMX, as exact integers.
+//
+// Verifying drafts multiplies each weight by up to 16 activation rows. With
+// vpmaddwd every row costs the instructions one row does, and past a few rows
+// the matvec stops being bound by memory. A tile multiply does a 16-row x
+// 64-column block of weights against up to 16 activation rows in the same
+// time whatever their number, so the weights are again read at memory speed.
+//
+// AMX multiplies bytes, the activations are int16: each is split as
+// x = 256 * hi + lo, hi the signed high byte and lo the unsigned low one, and
+// two multiplies (tdpbssd for hi, tdpbsud for lo) give two int32 sums joined in
+// int64. The dot products are exact, so the result does not depend on how many
+// activation rows came in one call (the int8 matvec contract, matvec.h).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "amx.h"
+
+namespace kern::amx {
+
+constexpr int kTileRows = 16;   // weight rows per A tile; also the most activation rows (B columns)
+constexpr int kTileCols = 64;   // int8 weights per A tile row
+
+// Below this many activation rows the vector kernel was faster (one thread, the 350M
+// model's int8 blocks: 1 row 21 ms AMX 30 ms, 4 rows even, 9 rows 48 ms AMX 30 ms):
+// a tile multiply costs the same for 1 or 16 rows, and tiles load 16 rows' streams at once.
+constexpr int kDefaultMinRows = 5;
+
+// Process-wide: the fewest activation rows an int8 matvec hands to AMX; 0: none (AMX not
+// usable here, or turned off: the tests compare with the vector kernel).
+inline int& matvec_min_rows() {
+  static int rows = usable().int8 ? kDefaultMinRows : 0;
+  return rows;
+}
+
+// Turns r[i] (16 floats each) into r[m] = (r[0][m], ..., r[15][m]).
+KERN_TARGET_AMX inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // r[4 i + j]'s 128-bit lane L: column 4 L + j of rows 4 i .. 4 i + 3
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  // then a 4 x 4 transpose of those lanes among r[j], r[4 + j], r[8 + j], r[12 + j]
+  for (int j = 0; j < 4; ++j) {
+    const __m512 s0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88), s1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd),
+                 s2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88),
+                 s3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
+    t[j] = _mm512_shuffle_f32x4(s0, s2, 0x88);
+    t[4 + j] = _mm512_shuffle_f32x4(s1, s3, 0x88);
+    t[8 + j] = _mm512_shuffle_f32x4(s0, s2, 0xdd);
+    t[12 + j] = _mm512_shuffle_f32x4(s1, s3, 0xdd);
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+// The int16 activation rows as B tiles, one tile per 64 columns. A B tile holds
+// the 64 columns as 16 rows of 4 consecutive values per activation row (its
+// columns): tile t's row j, column n is x[n][64 t + 4 j .. 64 t + 4 j + 3].
+// Columns past the last whole 64 are left to `dot_rows`' tail.
+struct PackedActivations {
+  int64_t rows = 0, cols = 0;
+  std::vector<uint8_t> lo;  // low bytes of the int16 values
+  std::vector<int8_t> hi;   // high bytes (the value's sign)
+
+  int64_t tile_bytes() const { return kTileRows * 4 * rows; }
+
+  // A tile's B operand is a 16 x 16 transpose of 4-byte groups: for each activation row n,
+  // its 64 values' low (high) bytes are 16 groups, which become column n of the tile.
+  KERN_TARGET_AMX void pack(const int16_t* x, int64_t x_rows, int64_t x_cols) {
+    rows = x_rows;
+    cols = x_cols;
+    const int64_t tiles = cols / kTileCols;
+    lo.resize(tiles * tile_bytes());
+    hi.resize(tiles * tile_bytes());
+    const __mmask16 columns = static_cast<__mmask16>((1u << rows) - 1);
+    for (int64_t t = 0; t < tiles; ++t) {
+      __m512 l[kTileRows], h[kTileRows];
+      for (int64_t n = 0; n < kTileRows; ++n) {
+        if (n >= rows) {
+          l[n] = h[n] = _mm512_setzero_ps();
+          continue;
+        }
+        const int16_t* p = x + n * cols + t * kTileCols;
+        const __m512i a = _mm512_loadu_si512(p), b = _mm512_loadu_si512(p + 32);
+        l[n] = _mm512_castsi512_ps(_mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(a)),
+                                                      _mm512_cvtepi16_epi8(b), 1));
+        h[n] = _mm512_castsi512_ps(
+            _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(_mm512_srai_epi16(a, 8))),
+                               _mm512_cvtepi16_epi8(_mm512_srai_epi16(b, 8)), 1));
+      }
+      transpose16(l);
+      transpose16(h);
+      for (int g = 0; g < kTileRows; ++g) {
+        _mm512_mask_storeu_ps(lo.data() + t * tile_bytes() + g * 4 * rows, columns, l[g]);
+        _mm512_mask_storeu_ps(hi.data() + t * tile_bytes() + g * 4 * rows, columns, h[g]);
+      }
+    }
+  }
+};
+
+// Tiles 0-3 accumulate (lo and hi sums of two 16-row groups), 4-5 hold weights, 6-7 activations.
+inline TileConfig matvec_config(int64_t activation_rows) {
+  TileConfig c;
+  const uint16_t b_bytes = static_cast<uint16_t>(4 * activation_rows);
+  for (int t = 0; t < 8; ++t) {
+    c.rows[t] = kTileRows;
+    c.bytes_per_row[t] = (t == 4 || t == 5) ? kTileCols : b_bytes;
+  }
+  return c;
+}
+
+// A tile's int32 sums may wrap: a lo sum adds up to kBlockCols products of at most
+// 128 * 255 (2^15 - 128): 32,768 of them stay below 2^30 + 2^22 < 2^31, the hi
+// sums (at most 128 * 128 each) far below. Longer rows are summed a block at a time.
+constexpr int64_t kBlockCols = 32768;
+
+// dots[i * kTileRows + m] += exact dot of weight row i (< G * 16) with activation row m.
+// `x16` is the unpacked int16 form, for the columns past the last whole tile. Needs
+// `Tiles(matvec_config(x.rows))` on this thread.
+template <int G>
+KERN_TARGET_AMX void dot_rows(const int8_t* w, int64_t stride, const PackedActivations& x, const int16_t* x16,
+                              int64_t* dots, const char* prefetch_end) {
+  static_assert(G == 1 || G == 2, "two 16-row groups fill the eight tiles");
+  const int64_t k = x.cols, tiles = k / kTileCols, n = x.rows, b_stride = 4 * n;
+  // a tile stores its n columns; the rest stay zero so the sums below run over all 16
+  alignas(64) int32_t lo[kTileRows][kTileRows] = {}, hi[kTileRows][kTileRows] = {};
+  for (int64_t t0 = 0; t0 < tiles; t0 += kBlockCols / kTileCols) {
+    const int64_t t1 = std::min(tiles, t0 + kBlockCols / kTileCols);
+    _tile_zero(0);
+    _tile_zero(1);
+    if constexpr (G == 2) {
+      _tile_zero(2);
+      _tile_zero(3);
+    }
+    for (int64_t t = t0; t < t1; ++t) {
+      const int8_t* wt = w + t * kTileCols;
+      // the lines this column block will need in the next block of rows (int8_matvec walks them in order)
+      const char* ahead = reinterpret_cast<const char*>(wt) + G * kTileRows * stride;
+      for (int i = 0; i < G * kTileRows; ++i)
+        if (ahead + i * stride < prefetch_end) _mm_prefetch(ahead + i * stride, _MM_HINT_T1);
+      _tile_loadd(6, x.lo.data() + t * x.tile_bytes(), b_stride);
+      _tile_loadd(7, x.hi.data() + t * x.tile_bytes(), b_stride);
+      _tile_loadd(4, wt, stride);
+      _tile_dpbsud(0, 4, 6);
+      _tile_dpbssd(1, 4, 7);
+      if constexpr (G == 2) {
+        _tile_loadd(5, wt + kTileRows * stride, stride);
+        _tile_dpbsud(2, 5, 6);
+        _tile_dpbssd(3, 5, 7);
+      }
+    }
+    for (int g = 0; g < G; ++g) {
+      if (g == 0) {
+        _tile_stored(0, lo, sizeof lo[0]);
+        _tile_stored(1, hi, sizeof hi[0]);
+      } else {
+        _tile_stored(2, lo, sizeof lo[0]);
+        _tile_stored(3, hi, sizeof hi[0]);
+      }
+      int64_t* d = dots + g * kTileRows * kTileRows;
+      for (int i = 0; i < kTileRows; ++i)
+        for (int m = 0; m < kTileRows; ++m) d[i * kTileRows + m] += int64_t{hi[i][m]} * 256 + lo[i][m];
+    }
+  }
+  if (tiles * kTileCols == k) return;
+  for (int i = 0; i < G * kTileRows; ++i)
+    for (int64_t m = 0; m < n; ++m) {
+      int64_t tail = 0;
+      for (int64_t j = tiles * kTileCols; j < k; ++j) tail += int64_t{w[i * stride + j]} * x16[m * k + j];
+      dots[i * kTileRows + m] += tail;
+    }
+}
+
+// y[m * ldy + r0 + i] = result(w_scale[r0 + i], xs[m], dots[i * 16 + m]) for i < count and
+// m < n: computed a row at a time, all 16 activation rows in a vector, then transposed into
+// one contiguous run of y per activation row.
+template <class Result>
+KERN_TARGET_AMX void store_results(const int64_t* dots, int64_t r0, int64_t count, const float* w_scale,
+                                   const float xs[kTileRows], int64_t n, float* y, int64_t ldy, Result result) {
+  alignas(64) float out[kTileRows][kTileRows];
+  for (int i = 0; i < kTileRows; ++i) {
+    const float ws = i < count ? w_scale[r0 + i] : 0.0f;
+    for (int m = 0; m < kTileRows; ++m) out[i][m] = result(ws, xs[m], dots[i * kTileRows + m]);
+  }
+  __m512 v[kTileRows];
+  for (int i = 0; i < kTileRows; ++i) v[i] = _mm512_load_ps(out[i]);
+  transpose16(v);
+  const __mmask16 rows = count >= kTileRows ? 0xffff : (1u << count) - 1;
+  for (int64_t m = 0; m < n; ++m) _mm512_mask_storeu_ps(y + m * ldy + r0, rows, v[m]);
+}
+
+// y[m * ldy + r] = result(w_scale[r], x_scale[m], exact dot of weight row r with x16's
+// row m) for rows [row_begin, row_end) of `w` ([rows, x.cols], `stride` bytes from row to
+// row) and m < x.rows.
+template <class Result>
+KERN_TARGET_AMX void int8_matvec(const int8_t* w, int64_t stride, const float* w_scale, int64_t row_begin,
+                                 int64_t row_end, const PackedActivations& x, const int16_t* x16,
+                                 const float* x_scale, float* y, int64_t ldy, Result result) {
+  const Tiles tiles(matvec_config(x.rows));
+  const char* end = reinterpret_cast<const char*>(w + row_end * stride);
+  float xs[kTileRows] = {};
+  std::copy(x_scale, x_scale + x.rows, xs);
+  int64_t dots[2 * kTileRows * kTileRows];
+  int64_t r = row_begin;
+  for (; r + 2 * kTileRows <= row_end; r += 2 * kTileRows) {
+    std::fill(std::begin(dots), std::end(dots), 0);
+    dot_rows<2>(w + r * stride, stride, x, x16, dots, end);
+    store_results(dots, r, kTileRows, w_scale, xs, x.rows, y, ldy, result);
+    store_results(dots + kTileRows * kTileRows, r + kTileRows, kTileRows, w_scale, xs, x.rows, y, ldy, result);
+  }
+  for (; r < row_end; r += kTileRows) {
+    std::fill(std::begin(dots), std::end(dots), 0);
+    if (r + kTileRows <= row_end) {
+      dot_rows<1>(w + r * stride, stride, x, x16, dots, end);
+    } else {
+      // the last few rows, zero-padded to a whole tile
+      thread_local std::vector<int8_t> padded;
+      padded.assign(kTileRows * x.cols, 0);
+      for (int64_t i = 0; r + i < row_end; ++i) std::memcpy(&padded[i * x.cols], w + (r + i) * stride, x.cols);
+      dot_rows<1>(padded.data(), x.cols, x, x16, dots, nullptr);
+    }
+    store_results(dots, r, std::min<int64_t>(kTileRows, row_end - r), w_scale, xs, x.rows, y, ldy, result);
+  }
+}
+
+}  // namespace kern::amx

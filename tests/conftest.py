@@ -344,8 +344,10 @@ def gated_server(settings):
     """`running_server` whose model forward goes through a `Gate`; yields (base url, engine, gate)."""
     gate = Gate()
     with running_server(settings, load=gate.loader(settings)) as (base, app):
-        yield base, app.state.engine, gate
-        gate.release()
+        try:
+            yield base, app.state.engine, gate
+        finally:
+            gate.release()      # a worker held at the gate would keep the server from stopping
 
 
 def wait_idle(engine):

@@ -461,7 +461,7 @@ def test_int8_amx_prefill_logits_equal_the_vnni_ones(trained, amx_prefill):
     model, tokens = trained
     ids = paddle.to_tensor([tokens[:70], [0] * 14 + tokens[100:156]], dtype="int64")
     mask = paddle.to_tensor([[1] * 70, [0] * 14 + [1] * 56], dtype="int64")
-    fast = make_fast(copy_of(model), "int8")
+    fast = make_fast(copy_model(model), "int8")
     logits = []
     for amx in (True, False):
         amx_prefill.use_reduced_precision_prefill(True, amx=amx)

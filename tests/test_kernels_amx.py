@@ -9,7 +9,8 @@ from codegen import kernels
 from codegen.generation import GenerationConfig
 from codegen.inference.fast import make_fast
 
-from test_fast import copy_of, needs_kernels, small_model
+from conftest import copy_model, needs_kernels
+from test_fast import small_model
 from test_generation import VOCAB
 from test_generation_lookup import PROMPTS, plain, run
 
@@ -70,7 +71,7 @@ def test_amx_int8_matvec_is_exact_where_int32_sums_would_overflow(amx):
 
 
 def int8_model(head: str):
-    return make_fast(copy_of(small_model(seed=3, vocab_size=VOCAB, n_positions=128)), "int8", head_dtype=head)
+    return make_fast(copy_model(small_model(seed=3, vocab_size=VOCAB, n_positions=128)), "int8", head_dtype=head)
 
 
 @needs_kernels

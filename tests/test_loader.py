@@ -48,13 +48,14 @@ def never(): raise AssertionError("the kernels were asked for off the fused CPU 
 
 
 @pytest.mark.parametrize("model_type, stored, device, flags, expected", [
-    # CPU, CodeGen: the fused kernels in the format asked for, else the one stored
+    # CPU, CodeGen: the fused kernels in the format asked for, else the one stored; the LM head
+    # fp16 unless the model stays fp32 (decoding reads it every token)
     ("codegen", "float32", "cpu", {}, Plan("fused-cpu", "cpu", "float32", "float32")),
-    ("codegen", "float32", "cpu", {"quantize": "int8"}, Plan("fused-cpu", "cpu", "int8", "float32")),
+    ("codegen", "float32", "cpu", {"quantize": "int8"}, Plan("fused-cpu", "cpu", "int8", "float16")),
     ("codegen", "float32", "cpu", {"use_fp16_decoding": True}, Plan("fused-cpu", "cpu", "float16", "float16")),
-    ("codegen", "bfloat16", "cpu", {}, Plan("fused-cpu", "cpu", "bfloat16", "float32")),
-    ("codegen", "int8", "cpu", {}, Plan("fused-cpu", "cpu", "int8", "float32")),
-    ("codegen", "float16", "cpu", {"quantize": "int8"}, Plan("fused-cpu", "cpu", "int8", "float32")),
+    ("codegen", "bfloat16", "cpu", {}, Plan("fused-cpu", "cpu", "bfloat16", "float16")),
+    ("codegen", "int8", "cpu", {}, Plan("fused-cpu", "cpu", "int8", "float16")),
+    ("codegen", "float16", "cpu", {"quantize": "int8"}, Plan("fused-cpu", "cpu", "int8", "float16")),
     ("codegen", "float32", "cpu", {"use_fast": False}, Plan("plain", "cpu", None, None)),
     ("codegen", "float32", "cpu", {"use_fast": False, "quantize": "int8"}, Plan("plain", "cpu", "int8", None)),
     # CodeGeeX likewise; its output projection is the fp32 word embeddings, no head of its own
@@ -150,7 +151,7 @@ def test_an_int8_checkpoint_holds_int8_rows_and_their_scales(codegen_dirs):
 def test_an_int8_checkpoint_gives_the_logits_of_quantizing_at_load_time(codegen_dirs, use_fast, monkeypatch):
     ours, int8, int8_from_ours = codegen_dirs
     at_load = logits(load_for_inference(ours, quantize="int8", use_fast=use_fast))
-    # loading the converted rows quantizes nothing (the fused path still lays the fp32 head out as rows)
+    # loading the converted rows quantizes nothing (the fused path still lays the float head out as fp16 rows)
     import codegen.inference.loader as loader
     pack = loader.pack_linear
     monkeypatch.setattr(loader, "pack_linear", lambda read, shape, fmt, scale=None:
@@ -158,6 +159,8 @@ def test_an_int8_checkpoint_gives_the_logits_of_quantizing_at_load_time(codegen_
     for directory in (int8, int8_from_ours):
         model = load_for_inference(directory, use_fast=use_fast)
         assert isinstance(model, FastCodeGenForCausalLM) == (use_fast is None)
+        if use_fast is None:
+            assert model.model.lm_head.weight.dtype == paddle.float16
         np.testing.assert_array_equal(logits(model), at_load)
 
 

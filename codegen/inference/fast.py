@@ -97,7 +97,8 @@ def lm_head_dtype(weight_dtype: str, head_dtype: str | None = None) -> str:
     # Decoding reads every weight once a token: an fp32 head was 210 of an int8 model's 484 MB.
     # Its rounding reaches the logits directly, so it decides close calls: beside int8 blocks,
     # on four trained tiny models (2,400 teacher-forced decode steps), an int8 head kept 2,396
-    # of the fp32 head's top-1s and an fp16 one 2,399. A bf16 head flipped ~1% (8-bit mantissa).
+    # of the fp32 head's top-1s and an fp16 one 2,399. Beside bf16 blocks a bf16 head agreed with the
+    # fp32 model on 98.7% of positions, an fp32 one on 99.7% (bf16 keeps an 8-bit mantissa).
     weight_dtype = weight_dtype_name(weight_dtype)
     return weight_dtype if weight_dtype in ("float32", "int8") else "float16"
 

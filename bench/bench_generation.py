@@ -315,7 +315,7 @@ def ours(args) -> dict:
     import paddle
 
     from codegen.checkpoints import load_model, read_config
-    from codegen.inference.fast import _head_dtype
+    from codegen.inference.fast import lm_head_dtype
     from codegen.inference.loader import Plan, load_planned
     from codegen.weight_formats import format_name
 
@@ -325,7 +325,7 @@ def ours(args) -> dict:
         model = load_model(ours)
     else:  # any weight format, the flags' int8 and fp16 and also bf16 and fp32
         fmt = format_name(args.dtype)
-        model = load_planned(ours, read_config(ours), Plan("fused-cpu", "cpu", linears=fmt, head=_head_dtype(fmt, None)))
+        model = load_planned(ours, read_config(ours), Plan("fused-cpu", "cpu", linears=fmt, head=lm_head_dtype(fmt, None)))
 
     # the probe reads the token embeddings: resident already, so it adds nothing to the peak RSS
     embeddings = (model.model if args.dtype != "plain" else model).transformer.wte.weight

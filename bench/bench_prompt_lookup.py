@@ -113,7 +113,7 @@ def verify_cost(args) -> list[dict]:
     import paddle
 
     from codegen.checkpoints import read_config
-    from codegen.inference.fast import _head_dtype
+    from codegen.inference.fast import lm_head_dtype
     from codegen.inference.loader import Plan, load_planned
     from codegen.weight_formats import format_name
 
@@ -128,7 +128,7 @@ def verify_cost(args) -> list[dict]:
     for dtype in args.dtypes:
         fmt = format_name(dtype)
         model = load_planned(weights, read_config(weights), Plan("fused-cpu", "cpu", linears=fmt,
-                                                                  head=_head_dtype(fmt, None)))
+                                                                  head=lm_head_dtype(fmt, None)))
         rng = np.random.default_rng(0)
         prompt = paddle.to_tensor(rng.integers(0, 50000, (1, 64)), dtype="int64")
         times: dict[tuple[int, int], list[float]] = {}

@@ -205,8 +205,9 @@ def weight_format(config: dict) -> str:
 
 
 def int8_linear_names(model) -> list[str]:
-    """The Linears an int8 checkpoint stores as int8 rows: all but the LM head, whose int8
-    rounding would reach the logits unsmoothed (CodeGeeX's head is its tied embedding)."""
+    """The Linears an int8 checkpoint stores as int8 rows: all but the LM head, which keeps its float
+    dtype for the plain path (the fast CPU path quantizes it at load; CodeGeeX's head is its tied
+    embedding)."""
     import paddle.nn as nn
     return [name for name, layer in model.named_sublayers() if isinstance(layer, nn.Linear) and name != "lm_head"]
 

@@ -471,6 +471,23 @@ def test_int8_amx_prefill_logits_equal_the_vnni_ones(trained, amx_prefill):
 
 
 @needs_kernels
+def test_the_int8_head_gives_each_position_the_same_logits_in_a_step_of_one_or_many_tokens(trained):
+    # what prompt lookup needs: verifying drafts (a few tokens a forward) chooses exactly as decoding
+    # one token at a time, head included (int8 rows times int16 activations: exact integer dots)
+    model, tokens = trained
+    fast = make_fast(copy_of(model), "int8")
+    assert fast.model.lm_head.weight.dtype == paddle.int8
+    prompt, steps = paddle.to_tensor([tokens[:40]], dtype="int64"), tokens[40:52]
+    one, many = fast.new_cache(1, 60), fast.new_cache(1, 60)
+    with paddle.no_grad():
+        fast(prompt, None, one)
+        fast(prompt, None, many)
+        singly = np.concatenate([fast(paddle.to_tensor([[t]], dtype="int64"), None, one).numpy() for t in steps], 1)
+        together = fast(paddle.to_tensor([steps], dtype="int64"), None, many).numpy()
+    np.testing.assert_array_equal(together, singly)
+
+
+@needs_kernels
 @pytest.mark.parametrize("past,seq", [(0, 300), (37, 200)])
 def test_blocked_attention_over_long_prompts_matches_the_plain_model(past, seq):
     # more queries than one attention block (128), with and without cached keys before them

@@ -46,13 +46,14 @@ def never(): raise AssertionError("the kernels were asked for off the fused CPU 
 
 
 @pytest.mark.parametrize("model_type, stored, device, flags, expected", [
-    # CPU, CodeGen: the fused kernels in the format asked for, else the one stored
+    # CPU, CodeGen: the fused kernels in the format asked for, else the one stored; the LM head
+    # int8 or fp32 as the blocks, else fp16 (decoding reads it every token)
     ("codegen", "float32", "cpu", {}, Plan("fused-cpu", "cpu", "float32", "float32")),
-    ("codegen", "float32", "cpu", {"quantize": "int8"}, Plan("fused-cpu", "cpu", "int8", "float32")),
+    ("codegen", "float32", "cpu", {"quantize": "int8"}, Plan("fused-cpu", "cpu", "int8", "int8")),
     ("codegen", "float32", "cpu", {"use_fp16_decoding": True}, Plan("fused-cpu", "cpu", "float16", "float16")),
-    ("codegen", "bfloat16", "cpu", {}, Plan("fused-cpu", "cpu", "bfloat16", "float32")),
-    ("codegen", "int8", "cpu", {}, Plan("fused-cpu", "cpu", "int8", "float32")),
-    ("codegen", "float16", "cpu", {"quantize": "int8"}, Plan("fused-cpu", "cpu", "int8", "float32")),
+    ("codegen", "bfloat16", "cpu", {}, Plan("fused-cpu", "cpu", "bfloat16", "float16")),
+    ("codegen", "int8", "cpu", {}, Plan("fused-cpu", "cpu", "int8", "int8")),
+    ("codegen", "float16", "cpu", {"quantize": "int8"}, Plan("fused-cpu", "cpu", "int8", "int8")),
     ("codegen", "float32", "cpu", {"use_fast": False}, Plan("plain", "cpu", None, None)),
     ("codegen", "float32", "cpu", {"use_fast": False, "quantize": "int8"}, Plan("plain", "cpu", "int8", None)),
     # CodeGeeX likewise; its output projection is the fp32 word embeddings, no head of its own
@@ -139,7 +140,7 @@ def test_an_int8_checkpoint_holds_int8_rows_and_their_scales(codegen_dirs):
     fan_in, fan_out = load_model(codegen_dirs[0]).transformer.h[0].mlp.fc_in.weight.shape
     assert weights.dtype(f"{name}.weight") == "I8" and weights.shape(f"{name}.weight") == (fan_out, fan_in)
     assert weights.dtype(f"{name}.weight_scale") == "F32" and weights.shape(f"{name}.weight_scale") == (fan_out,)
-    # the head keeps the source's dtype (fp16 here): its rounding would reach the logits unsmoothed
+    # the head keeps the source's dtype (fp16 here): the plain path keeps it float
     assert weights.dtype("lm_head.weight") == "F16" and "lm_head.weight_scale" not in weights.names
     assert (int8 / WEIGHTS_FILE).stat().st_size < (codegen_dirs[0] / WEIGHTS_FILE).stat().st_size
 
@@ -148,14 +149,19 @@ def test_an_int8_checkpoint_holds_int8_rows_and_their_scales(codegen_dirs):
 def test_an_int8_checkpoint_gives_the_logits_of_quantizing_at_load_time(codegen_dirs, use_fast, monkeypatch):
     ours, int8, int8_from_ours = codegen_dirs
     at_load = logits(load_for_inference(ours, quantize="int8", use_fast=use_fast))
-    # loading the converted rows quantizes nothing (the fused path still lays the fp32 head out as rows)
+    # loading the converted rows quantizes no transformer Linear; the head, kept float on disk for the
+    # plain path, the fused path quantizes as quantizing at load time does
     import codegen.inference.loader as loader
     pack = loader.pack_linear
+    head_shape = tuple(load_model(ours).lm_head.weight.shape)
     monkeypatch.setattr(loader, "pack_linear", lambda read, shape, fmt, scale=None:
-                        pytest.fail("quantized while loading") if fmt == "int8" else pack(read, shape, fmt, scale))
+                        pytest.fail("quantized while loading") if fmt == "int8" and tuple(shape) != head_shape
+                        else pack(read, shape, fmt, scale))
     for directory in (int8, int8_from_ours):
         model = load_for_inference(directory, use_fast=use_fast)
         assert isinstance(model, FastCodeGenForCausalLM) == (use_fast is None)
+        if use_fast is None:
+            assert model.model.lm_head.weight.dtype == paddle.int8
         np.testing.assert_array_equal(logits(model), at_load)
 
 

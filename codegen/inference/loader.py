@@ -35,7 +35,7 @@ from ..checkpoints import (CONFIG_FILE, WEIGHTS_FILE, SafetensorsFile, build_mod
                            expected_tensors, int8_linear_names, read_config, resolve_model_dir, weight_format)
 from ..models.parallel import UNSPLIT, TensorParallel
 from ..weight_formats import cast_rows, int8_scales, pack_linear, row_blocks
-from .fast import FastCodeGenForCausalLM, _head_dtype, release_freed_memory, use_sdpa_attention
+from .fast import FastCodeGenForCausalLM, lm_head_dtype, release_freed_memory, use_sdpa_attention
 from .fast_codegeex import FastCodeGeeXForCausalLM
 from .quantize import WeightOnlyLinear
 
@@ -87,7 +87,7 @@ def decide(model_type: str, stored: str, device: str, *, quantize: str | None = 
     if use_fast is not False and not (split and model_type == "codegeex") and have_kernels():
         # CodeGeeX's output projection is its tied fp32 word embeddings: no head of its own
         return Plan("fused-cpu", device, linears=weights,
-                    head=_head_dtype(weights, None) if model_type == "codegen" else None)
+                    head=lm_head_dtype(weights, None) if model_type == "codegen" else None)
     return Plan("plain", device, linears=None if weights == "float32" else weights, head=None)
 
 

@@ -108,6 +108,34 @@ constexpr int steps_per_line(int lanes) {
   return std::max<int>(1, 64 / (lanes * static_cast<int>(sizeof(T))));
 }
 
+// The software prefetch of a tile: kPrefetchBytes of the tile's reading ahead. Its R rows
+// are read side by side, so that is a line of each row kPrefetchBytes / R further along
+// it, or past the row's end as far into the rows of the next tiles (prefetching
+// kPrefetchBytes ahead in each row would fetch the tile's own next row, being read now).
+template <class T, int R>
+class TilePrefetch {
+ public:
+  TilePrefetch(const T* w, int64_t ldw, int64_t k, const void* end) : ldw_(ldw), k_(k), end_(end) {
+    const int64_t ahead = kPrefetchBytes / (R * static_cast<int64_t>(sizeof(T)));
+    col_ = ahead % k;
+    next_ = w + ahead / k * R * ldw + col_;
+  }
+  // prefetches the next line of each row
+  void next_line() {
+    const T* p = next_;
+    for (int r = 0; r < R; ++r, p += ldw_)
+      if (p < end_) _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1);
+    constexpr int64_t kLine = 64 / sizeof(T);
+    next_ += kLine;
+    for (col_ += kLine; col_ >= k_; col_ -= k_) next_ += R * ldw_ - k_;
+  }
+
+ private:
+  int64_t ldw_, k_, col_;
+  const void* end_;
+  const T* next_;  // row 0's next line
+};
+
 // y[m * ldy + r] = scale[r] * dot(w row r, x row m) for R rows of w (ldw apart) and M
 // rows of x; no scale: 1 (float formats have none, or ones)
 template <class Fmt, int R, int M>
@@ -127,9 +155,10 @@ inline void dot_tile(const typename Fmt::T* w, int64_t ldw, const float* scale, 
       for (int r = 0; r < R; ++r) acc[r][m] = fma(wv[r], xv, acc[r][m]);
     }
   };
+  TilePrefetch<T, R> prefetch(w, ldw, k, prefetch_end);
   int64_t i = 0;
   for (; i + kLine * kLanes <= k; i += kLine * kLanes) {
-    for (int r = 0; r < R; ++r) prefetch_ahead(w + r * ldw + i, 64, prefetch_end);
+    prefetch.next_line();
     for (int s = 0; s < kLine; ++s) step(i + s * kLanes);
   }
   for (; i + kLanes <= k; i += kLanes) step(i);
@@ -162,6 +191,7 @@ inline void dot_tile_int8(const int8_t* w, int64_t ldw, const int16_t* x, int64_
       for (int r = 0; r < R; ++r) acc[r][m] = dot_i16(acc[r][m], wv[r], xv);
     }
   };
+  TilePrefetch<int8_t, R> prefetch(w, ldw, k, prefetch_end);
   const int64_t k_vec = k - k % kI16Lanes;
   for (int64_t i = 0; i < k_vec;) {
     const int64_t block_end = std::min(k_vec, i + kBlock);
@@ -169,7 +199,7 @@ inline void dot_tile_int8(const int8_t* w, int64_t ldw, const int16_t* x, int64_
     for (int r = 0; r < R; ++r)
       for (int m = 0; m < M; ++m) acc[r][m] = zero_i();
     for (; i + kLine * kI16Lanes <= block_end; i += kLine * kI16Lanes) {
-      for (int r = 0; r < R; ++r) prefetch_ahead(w + r * ldw + i, 64, prefetch_end);
+      prefetch.next_line();
       for (int s = 0; s < kLine; ++s) step(i + s * kI16Lanes, acc);
     }
     for (; i < block_end; i += kI16Lanes) step(i, acc);

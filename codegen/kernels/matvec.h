@@ -77,75 +77,142 @@ inline void prefetch_ahead(const void* p, int bytes, const void* end) {
     if (ahead + b < end) _mm_prefetch(ahead + b, _MM_HINT_T1);
 }
 
-// out[m] = dot(w, x row m) for one weight row and M <= 4 activation rows.
-// The weight vector is loaded once and used M times. Each activation row gets
-// U independent sums so the FMA latency is hidden even when M is 1.
-template <class Fmt, int M>
-inline void dot_row(const typename Fmt::T* w, const float* x, int64_t ldx, int64_t k, float* out,
-                    const void* prefetch_end) {
-  using namespace simd;
-  constexpr int U = M >= 4 ? 1 : 4 / M;
-  vf acc[U][M];
-  for (int u = 0; u < U; ++u)
-    for (int m = 0; m < M; ++m) acc[u][m] = zero();
-  int64_t i = 0;
-  for (; i + U * kLanes <= k; i += U * kLanes) {
-    prefetch_ahead(w + i, U * kLanes * sizeof(typename Fmt::T), prefetch_end);
-    for (int u = 0; u < U; ++u) {
-      const vf wv = Fmt::load(w + i + u * kLanes);
-      for (int m = 0; m < M; ++m) acc[u][m] = fma(wv, load(x + m * ldx + i + u * kLanes), acc[u][m]);
-    }
-  }
-  for (; i + kLanes <= k; i += kLanes) {
-    const vf wv = Fmt::load(w + i);
-    for (int m = 0; m < M; ++m) acc[0][m] = fma(wv, load(x + m * ldx + i), acc[0][m]);
-  }
-  for (int m = 0; m < M; ++m) {
-    for (int u = 1; u < U; ++u) acc[0][m] = add(acc[0][m], acc[u][m]);
-    float s = sum(acc[0][m]);
-    for (int64_t j = i; j < k; ++j) s += Fmt::scalar(w[j]) * x[m * ldx + j];
-    out[m] = s;
-  }
+// ---- register tiles -------------------------------------------------------------------
+//
+// A tile multiplies R weight rows by M activation rows: each step loads (and widens)
+// R weight vectors once and uses each for all M rows, so the rows of a pass (up to 13,
+// below) read and convert the weights once. Each (weight row, activation row) pair has exactly one chain of
+// sums, whatever R and M are: lane j adds columns j, j + lanes, ... in order, then the
+// lanes are summed, then the columns past the last whole vector one by one. So a row's
+// result is the same bits whether it is computed alone or with 15 others, and a
+// forward pass of n tokens gives the logits of n one-token steps. With one activation
+// row the R weight rows' chains are what keep several FMAs in flight.
+
+constexpr int kVectorRegisters = simd::kLanes == 16 ? 32 : 16;
+constexpr int kMaxTileRows = 4;
+
+// weight rows per tile: its R x M sums, R weight vectors and one activation vector fit
+// the registers with two to spare
+constexpr int tile_rows(int m) { return std::clamp((kVectorRegisters - 3) / (m + 1), 1, kMaxTileRows); }
+
+// Activation rows one pass over the weights takes: as many as leave registers for two
+// weight rows (13 with AVX-512, 5 with AVX2). More rows take two passes, the second
+// reading the chunk's weights again from L2: a tile of one weight row loads one
+// activation vector per FMA, more than L1 serves once 16 rows outgrow it (16 rows as
+// two passes of 8 took 0.55x the time of one pass of 16).
+constexpr int max_pass_rows(int m = 1) { return tile_rows(m + 1) >= 2 ? max_pass_rows(m + 1) : m; }
+constexpr int kMaxPassRows = max_pass_rows();
+
+// steps of `lanes` elements of T that make one 64-byte line: the loops prefetch once per line
+template <class T>
+constexpr int steps_per_line(int lanes) {
+  return std::max<int>(1, 64 / (lanes * static_cast<int>(sizeof(T))));
 }
 
-// out[m] = dot(w, x row m) in int32 lanes for int8 weights and int16 activations.
-template <int M>
-inline void dot_row_int8(const int8_t* w, const int16_t* x, int64_t ldx, int64_t k, float* out,
-                         const void* prefetch_end) {
+// The software prefetch of a tile: kPrefetchBytes of the tile's reading ahead. Its R rows
+// are read side by side, so that is a line of each row kPrefetchBytes / R further along
+// it, or past the row's end as far into the rows of the next tiles (prefetching
+// kPrefetchBytes ahead in each row would fetch the tile's own next row, being read now).
+template <class T, int R>
+class TilePrefetch {
+ public:
+  TilePrefetch(const T* w, int64_t ldw, int64_t k, const void* end) : ldw_(ldw), k_(k), end_(end) {
+    const int64_t ahead = kPrefetchBytes / (R * static_cast<int64_t>(sizeof(T)));
+    col_ = ahead % k;
+    next_ = w + ahead / k * R * ldw + col_;
+  }
+  // prefetches the next line of each row
+  void next_line() {
+    const T* p = next_;
+    for (int r = 0; r < R; ++r, p += ldw_)
+      if (p < end_) _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1);
+    constexpr int64_t kLine = 64 / sizeof(T);
+    next_ += kLine;
+    for (col_ += kLine; col_ >= k_; col_ -= k_) next_ += R * ldw_ - k_;
+  }
+
+ private:
+  int64_t ldw_, k_, col_;
+  const void* end_;
+  const T* next_;  // row 0's next line
+};
+
+// y[m * ldy + r] = scale[r] * dot(w row r, x row m) for R rows of w (ldw apart) and M
+// rows of x; no scale: 1 (float formats have none, or ones)
+template <class Fmt, int R, int M>
+inline void dot_tile(const typename Fmt::T* w, int64_t ldw, const float* scale, const float* x, int64_t ldx,
+                     int64_t k, float* y, int64_t ldy, const void* prefetch_end) {
   using namespace simd;
-  constexpr int U = M >= 4 ? 1 : 4 / M;
-  constexpr int kStep = U * kI16Lanes;
-  // a block's int32 lane, its U sums added, holds 2 * kBlock / kI16Lanes
-  // products of at most 127 * 32767: at most 512 of them (AVX2), 2.13e9 < 2^31.
-  // Converting to float every kBlock columns keeps long rows from overflowing.
-  constexpr int64_t kBlock = 4096;
-  static_assert(kBlock % kStep == 0, "blocks hold whole steps");
-  vf total[M];
-  for (int m = 0; m < M; ++m) total[m] = zero();
-  const int64_t k_vec = k - k % kStep;
-  int64_t i = 0;
-  while (i < k_vec) {
-    const int64_t block_end = std::min(k_vec, i + kBlock);
-    vi acc[U][M];
-    for (int u = 0; u < U; ++u)
-      for (int m = 0; m < M; ++m) acc[u][m] = zero_i();
-    for (; i < block_end; i += kStep) {
-      prefetch_ahead(w + i, kStep, prefetch_end);
-      for (int u = 0; u < U; ++u) {
-        const vi wv = load_int8_as_i16(w + i + u * kI16Lanes);
-        for (int m = 0; m < M; ++m) acc[u][m] = dot_i16(acc[u][m], wv, load_i16(x + m * ldx + i + u * kI16Lanes));
-      }
-    }
+  using T = typename Fmt::T;
+  constexpr int kLine = steps_per_line<T>(kLanes);
+  vf acc[R][M];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) acc[r][m] = zero();
+  const auto step = [&](int64_t i) {
+    vf wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = Fmt::load(w + r * ldw + i);
     for (int m = 0; m < M; ++m) {
-      for (int u = 1; u < U; ++u) acc[0][m] = add_i(acc[0][m], acc[u][m]);
-      total[m] = add(total[m], int32_to_float(acc[0][m]));
+      const vf xv = load(x + m * ldx + i);
+      for (int r = 0; r < R; ++r) acc[r][m] = fma(wv[r], xv, acc[r][m]);
     }
+  };
+  TilePrefetch<T, R> prefetch(w, ldw, k, prefetch_end);
+  int64_t i = 0;
+  for (; i + kLine * kLanes <= k; i += kLine * kLanes) {
+    prefetch.next_line();
+    for (int s = 0; s < kLine; ++s) step(i + s * kLanes);
   }
-  for (int m = 0; m < M; ++m) {
-    int64_t tail = 0;
-    for (int64_t j = k_vec; j < k; ++j) tail += int64_t{w[j]} * x[m * ldx + j];
-    out[m] = sum(total[m]) + static_cast<float>(tail);
+  for (; i + kLanes <= k; i += kLanes) step(i);
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) {
+      float s = sum(acc[r][m]);
+      for (int64_t j = i; j < k; ++j) s = std::fma(Fmt::scalar(w[r * ldw + j]), x[m * ldx + j], s);
+      y[m * ldy + r] = scale ? scale[r] * s : s;
+    }
+}
+
+// As dot_tile for int8 weights and int16 activations, exactly: y[m * ldy + r] is the
+// integer dot product. Products go into int32 lanes a block of columns at a time, then
+// into int64.
+template <int R, int M>
+inline void dot_tile_int8(const int8_t* w, int64_t ldw, const int16_t* x, int64_t ldx, int64_t k, int64_t* y,
+                          int64_t ldy, const void* prefetch_end) {
+  using namespace simd;
+  constexpr int kLine = steps_per_line<int8_t>(kI16Lanes);
+  // a block puts 2 * kBlock / kI16Lanes = 512 products into each int32 lane, each at most
+  // 128 * 32767 in size (rounding keeps activations within +-32767): 2,147,418,112 < 2^31
+  constexpr int64_t kBlock = 256 * kI16Lanes;
+  static_assert(kBlock % (kLine * kI16Lanes) == 0, "blocks hold whole lines");
+  int64_t total[R][M] = {};
+  const auto step = [&](int64_t i, vi (&acc)[R][M]) {
+    vi wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = load_int8_as_i16(w + r * ldw + i);
+    for (int m = 0; m < M; ++m) {
+      const vi xv = load_i16(x + m * ldx + i);
+      for (int r = 0; r < R; ++r) acc[r][m] = dot_i16(acc[r][m], wv[r], xv);
+    }
+  };
+  TilePrefetch<int8_t, R> prefetch(w, ldw, k, prefetch_end);
+  const int64_t k_vec = k - k % kI16Lanes;
+  for (int64_t i = 0; i < k_vec;) {
+    const int64_t block_end = std::min(k_vec, i + kBlock);
+    vi acc[R][M];
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < M; ++m) acc[r][m] = zero_i();
+    for (; i + kLine * kI16Lanes <= block_end; i += kLine * kI16Lanes) {
+      prefetch.next_line();
+      for (int s = 0; s < kLine; ++s) step(i + s * kI16Lanes, acc);
+    }
+    for (; i < block_end; i += kI16Lanes) step(i, acc);
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < M; ++m) total[r][m] += sum_i64(acc[r][m]);
   }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) {
+      int64_t tail = 0;
+      for (int64_t j = k_vec; j < k; ++j) tail += int64_t{w[r * ldw + j]} * x[m * ldx + j];
+      y[m * ldy + r] = total[r][m] + tail;
+    }
 }
 
 // The activation rows a matvec reads: fp32, plus their int16 rounding once an
@@ -190,57 +257,70 @@ struct MatvecInput {
   }
 };
 
-constexpr int kVecTile = 4;
+// calls f(std::integral_constant<int, M>) for M = n, 1 <= n <= kMaxPassRows
+template <int M = 1, class F>
+inline void with_rows(int64_t n, F&& f) {
+  if constexpr (M < kMaxPassRows) {
+    if (n != M) return with_rows<M + 1>(n, f);
+  }
+  f(std::integral_constant<int, M>{});
+}
 
-// The int8 matvec contract: `dot` is the exact integer dot product of an int8 weight row
-// with an int16-rounded activation row, so every kernel gives the same bits.
+// What an int8 matvec outputs for a weight row (scale w_scale) and an activation row
+// (rounded to int16 with scale x_scale) whose integer dot product is `dot`: the same
+// bits whatever kernel computed the exact `dot`.
 inline float int8_dot_result(float w_scale, float x_scale, int64_t dot) {
   return w_scale * x_scale * static_cast<float>(dot);
 }
 
-// y[m * ldy + r] = scale[r] * dot(w row r, x row m) for rows [row_begin, row_end)
-// and all m < num_x. Rows are walked in order, one sequential stream; a row
-// stays in L1 while successive groups of kVecTile activation rows reuse it.
+// y[m * ldy + r] = scale[r] * dot(w row r, x row m) for rows [row_begin, row_end) and
+// all activation rows: tiles of weight rows in order (one sequential stream per tile
+// row), each multiplied by all the activation rows of a pass.
 template <class Fmt>
 void matvec_rows(const WeightMatrix& w, const MatvecInput& in, float* y, int64_t ldy, int64_t row_begin,
                  int64_t row_end) {
   const auto* data = static_cast<const typename Fmt::T*>(w.data);
-  const int64_t k = w.cols;
-  const void* end = data + row_end * k;
+  const int64_t k = w.cols, ld = w.stride();
+  const void* end = data + row_end * ld;
   if constexpr (std::is_same_v<Fmt, I8>) {
     if (in.int16_tiles.rows) {
-      amx::int8_matvec(data, w.stride(), w.scale, row_begin, row_end, in.int16_tiles, in.int16.data(),
+      amx::int8_matvec(data, ld, w.scale, row_begin, row_end, in.int16_tiles, in.int16.data(),
                        in.int16_scale.data(), y, ldy,
                        [](float w_scale, float x_scale, int64_t dot) { return int8_dot_result(w_scale, x_scale, dot); });
       return;
     }
   }
-  float dots[kVecTile];
-  for (int64_t r = row_begin; r < row_end; ++r) {
-    const auto* wr = data + r * k;
-    const float s = w.scale ? w.scale[r] : 1.0f;
-    for (int64_t m0 = 0; m0 < in.rows; m0 += kVecTile) {
-      const int64_t ms = std::min<int64_t>(kVecTile, in.rows - m0);
+  const int64_t passes = (in.rows + kMaxPassRows - 1) / kMaxPassRows;
+  for (int64_t p = 0; p < passes; ++p) {
+    const int64_t m0 = in.rows * p / passes, rows = in.rows * (p + 1) / passes - m0;
+    with_rows(rows, [&](auto m_rows) {
+      constexpr int M = decltype(m_rows)::value, R = tile_rows(M);
       if constexpr (std::is_same_v<Fmt, I8>) {
+        int64_t dots[M * R];
         const int16_t* xm = in.int16.data() + m0 * k;
-        switch (ms) {
-          case 1: dot_row_int8<1>(wr, xm, k, k, dots, end); break;
-          case 2: dot_row_int8<2>(wr, xm, k, k, dots, end); break;
-          case 3: dot_row_int8<3>(wr, xm, k, k, dots, end); break;
-          default: dot_row_int8<4>(wr, xm, k, k, dots, end); break;
+        const auto finish = [&](int64_t r0, int rows_done) {
+          for (int m = 0; m < M; ++m)
+            for (int r = 0; r < rows_done; ++r)
+              y[(m0 + m) * ldy + r0 + r] = int8_dot_result(w.scale[r0 + r], in.int16_scale[m0 + m], dots[m * R + r]);
+        };
+        int64_t r = row_begin;
+        for (; r + R <= row_end; r += R) {
+          dot_tile_int8<R, M>(data + r * ld, ld, xm, k, k, dots, R, end);
+          finish(r, R);
         }
-        for (int64_t m = 0; m < ms; ++m) y[(m0 + m) * ldy + r] = s * in.int16_scale[m0 + m] * dots[m];
+        for (; r < row_end; ++r) {
+          dot_tile_int8<1, M>(data + r * ld, ld, xm, k, k, dots, R, end);
+          finish(r, 1);
+        }
       } else {
         const float* xm = in.x + m0 * k;
-        switch (ms) {
-          case 1: dot_row<Fmt, 1>(wr, xm, k, k, dots, end); break;
-          case 2: dot_row<Fmt, 2>(wr, xm, k, k, dots, end); break;
-          case 3: dot_row<Fmt, 3>(wr, xm, k, k, dots, end); break;
-          default: dot_row<Fmt, 4>(wr, xm, k, k, dots, end); break;
-        }
-        for (int64_t m = 0; m < ms; ++m) y[(m0 + m) * ldy + r] = s * dots[m];
+        float* ym = y + m0 * ldy;
+        const auto scale = [&](int64_t r) { return w.scale ? w.scale + r : nullptr; };
+        int64_t r = row_begin;
+        for (; r + R <= row_end; r += R) dot_tile<Fmt, R, M>(data + r * ld, ld, scale(r), xm, k, k, ym + r, ldy, end);
+        for (; r < row_end; ++r) dot_tile<Fmt, 1, M>(data + r * ld, ld, scale(r), xm, k, k, ym + r, ldy, end);
       }
-    }
+    });
   }
 }
 

@@ -80,7 +80,12 @@ inline vi dot_i16(vi acc, vi a, vi b) {
   return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
 #endif
 }
-inline vf int32_to_float(vi v) { return _mm512_cvtepi32_ps(v); }
+// the lanes' exact sum
+inline int64_t sum_i64(vi v) {
+  const __m512i lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v));
+  const __m512i hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1));
+  return _mm512_reduce_add_epi64(_mm512_add_epi64(lo, hi));
+}
 // rounds to nearest and saturates to int16
 inline void store_i16(int16_t* p, vf v) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(v)));
@@ -147,7 +152,12 @@ inline vi dot_i16(vi acc, vi a, vi b) {
   return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
 #endif
 }
-inline vf int32_to_float(vi v) { return _mm256_cvtepi32_ps(v); }
+inline int64_t sum_i64(vi v) {
+  const __m256i wide = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(v)),
+                                        _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1)));
+  const __m128i pair = _mm_add_epi64(_mm256_castsi256_si128(wide), _mm256_extracti128_si256(wide, 1));
+  return _mm_cvtsi128_si64(pair) + _mm_extract_epi64(pair, 1);
+}
 inline void store_i16(int16_t* p, vf v) {
   const __m256i i = _mm256_cvtps_epi32(v);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p),

@@ -475,7 +475,7 @@ def test_the_int8_head_gives_each_position_the_same_logits_in_a_step_of_one_or_m
     # what prompt lookup needs: verifying drafts (a few tokens a forward) chooses exactly as decoding
     # one token at a time, head included (int8 rows times int16 activations: exact integer dots)
     model, tokens = trained
-    fast = make_fast(copy_of(model), "int8")
+    fast = make_fast(copy_model(model), "int8")
     assert fast.model.lm_head.weight.dtype == paddle.int8
     prompt, steps = paddle.to_tensor([tokens[:40]], dtype="int64"), tokens[40:52]
     one, many = fast.new_cache(1, 60), fast.new_cache(1, 60)

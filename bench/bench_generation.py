@@ -39,7 +39,8 @@ vdpbf16ps (an assumption: loops of independent ones on a busy machine ran at
 recorded prefill_kernels say 'int8-amx' / 'bf16-amx'), the peak is the tiles':
 one tdpbusd (16 x 16 x 64 multiply-adds) per 16 cycles per core, 1,024
 multiply-adds a cycle, 2,048 ops; tdpbf16ps does half that, 1,024 ops. Each
-format is measured against the peak of the kernel its prefill used.
+format is measured against the peak of the kernel its prefill used; the peers
+against the fastest instructions this CPU has for their precision.
 
 --beside-generator runs every case a second time while another process (our
 int8 model) generates in a loop, and reports decode and the Copilot-shaped
@@ -235,6 +236,18 @@ def roofline(result: dict, weight_bytes: int, config, new_tokens: int, kv_itemsi
 OPS_PER_CYCLE = {"int8-amx": 2048, "bf16-amx": 1024, "int8-vnni": 128, "bf16": 32, "fp32": 32}
 
 
+def peer_kernel(dtype: str) -> str:
+    """The peak a peer's prefill is measured against: the fastest instructions this CPU has for
+    its precision (what it could reach; which ones its library uses is not visible from here)."""
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), [])
+    if dtype == "int8":
+        return "int8-amx" if "amx_int8" in flags else "int8-vnni" if "avx512_vnni" in flags else "fp32"
+    if dtype == "bf16":
+        return "bf16-amx" if "amx_bf16" in flags else "bf16" if "avx512_bf16" in flags else "fp32"
+    return "fp32"
+
+
 def cpu_hz() -> float:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("cpu MHz"):
@@ -373,7 +386,7 @@ def transformers_side(args) -> dict:
                        for m in model.modules() if isinstance(m, torch.nn.Linear))
     result.update(roofline(result, weight_bytes, model.config.to_dict(), args.new_tokens,
                            kv_itemsize=torch.finfo(dtype).bits // 8))
-    result.update(prefill_roofline(result, model.config.to_dict(), args.dtype))
+    result.update(prefill_roofline(result, model.config.to_dict(), peer_kernel(args.dtype)))
     result["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
     return result
 
@@ -405,7 +418,8 @@ def ctranslate2_side(args) -> dict:
     # no decode roofline: its weights are out of reach of a probe that reads like it does
     result = measure(CT2(), args, t_start, probe=None)
     result.pop("bandwidth")
-    result.update(prefill_roofline(result, json.loads((args.work / "hf" / "config.json").read_text()), args.dtype))
+    result.update(prefill_roofline(result, json.loads((args.work / "hf" / "config.json").read_text()),
+                                   peer_kernel(args.dtype)))
     result["versions"] = {"ctranslate2": ctranslate2.__version__}
     return result
 

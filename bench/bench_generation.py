@@ -44,7 +44,8 @@ against the fastest instructions this CPU has for their precision.
 
 --beside-generator runs every case a second time while another process (our
 int8 model) generates in a loop, and reports decode and the Copilot-shaped
-request beside it and their ratio to the idle run.
+request beside it and their ratio to the idle run, and that process's tokens/s
+alone and during each case (what the case left its neighbour).
 
 With ours-int8 and ct2-int8 among the cases, a last line checks issue 15's
 targets in this run: prefill of 1,024 tokens, the Copilot-shaped request and
@@ -68,6 +69,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -78,6 +80,7 @@ REF_PYTHON = os.environ.get("BENCH_REF_PYTHON", "/tmp/refvenv/bin/python")
 DTYPES = {"ours": ("fp32", "bf16", "fp16", "int8", "plain"), "hf": ("fp32", "bf16"), "ct2": ("int8", "fp32")}
 DEFAULT_CASES = "ours-int8,ct2-int8,ours-bf16,ours-fp16,ours-fp32,ct2-fp32,hf-fp32"
 COPILOT_PROMPT, COPILOT_NEW = 1500, 32
+GENERATED_PER_LOOP = 128  # tokens of each generation of --beside-generator's second process
 HF_LINEARS = ("qkv_proj", "out_proj", "fc_in", "fc_out", "lm_head")
 
 
@@ -436,10 +439,10 @@ def generate_forever(args) -> None:
     model = load_for_inference(args.work / "ours", quantize="int8")
     ids = paddle.to_tensor(prompts(1, 64), dtype="int64")
     while True:
-        cache = model.new_cache(1, 64 + 128)
+        cache = model.new_cache(1, 64 + GENERATED_PER_LOOP)
         with paddle.no_grad():
             logits = model(ids, None, cache, last_only=True)
-            for _ in range(127):
+            for _ in range(GENERATED_PER_LOOP - 1):
                 logits = model(logits[:, -1].argmax(-1, keepdim=True), None, cache)
         print("generated", flush=True)
 
@@ -512,17 +515,43 @@ def targets(idle: dict[str, dict], beside: dict[str, dict]) -> dict | None:
 
 
 class SecondGenerator:
-    """Another codegen process generating in a loop (our int8 model), for --beside-generator."""
+    """Another codegen process generating in a loop (our int8 model), for --beside-generator.
+
+    It reports each finished generation; its tokens/s while a case runs says how much of the
+    machine that case left it (a process that spins for the cores slows its neighbour more)."""
 
     def __init__(self, work: Path):
         self._work = work
+        self._finished: list[float] = []   # time.monotonic() of each finished generation
+        self._changed = threading.Condition()
 
     def __enter__(self):
         self.process = subprocess.Popen([sys.executable, __file__, "--worker", "generate", "--work", str(self._work)],
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
         if not self.process.stdout.readline():  # its first generation: loaded and running
             raise RuntimeError("the second generating process did not start")
+        threading.Thread(target=self._follow, daemon=True).start()
         return self
+
+    def _follow(self):
+        for _ in self.process.stdout:
+            with self._changed:
+                self._finished.append(time.monotonic())
+                self._changed.notify_all()
+
+    def alone_tokens_per_s(self, generations: int = 4) -> float:
+        """Its rate with nothing else running: over the next `generations` it finishes."""
+        with self._changed:
+            first = len(self._finished) + 1
+            if not self._changed.wait_for(lambda: len(self._finished) > first + generations, timeout=600):
+                raise RuntimeError("the second generating process stopped generating")
+            times = self._finished[first:first + generations + 1]
+        return round(generations * GENERATED_PER_LOOP / (times[-1] - times[0]), 1)
+
+    def tokens_per_s(self, start: float, end: float) -> float:
+        with self._changed:
+            done = sum(start <= t <= end for t in self._finished)
+        return round(done * GENERATED_PER_LOOP / (end - start), 1)
 
     def __exit__(self, *exc):
         self.process.kill()
@@ -576,9 +605,13 @@ def main():
             print(json.dumps({"round": round_index, "case": case, **runs[case][-1]}), file=sys.stderr, flush=True)
     beside: dict[str, dict] = {}
     if args.beside_generator:
-        with SecondGenerator(args.work):
+        with SecondGenerator(args.work) as neighbour:
+            alone = neighbour.alone_tokens_per_s()
             for case in cases:
+                start = time.monotonic()
                 beside[case] = run_case(case, args)
+                beside[case]["neighbour_tokens_per_s"] = neighbour.tokens_per_s(start, time.monotonic())
+                beside[case]["neighbour_alone_tokens_per_s"] = alone
                 print(json.dumps({"beside_generator": True, "case": case, **beside[case]}), file=sys.stderr,
                       flush=True)
     reference = runs["hf-fp32"][0]["greedy_tokens"] if "hf-fp32" in runs else None
@@ -593,7 +626,8 @@ def main():
         if case in beside:
             loaded = beside[case]
             result["beside_generator"] = {
-                key: loaded[key] for key in ("decode_ms_per_token", "prefill_1024_s", "copilot_total_s")}
+                key: loaded[key] for key in ("decode_ms_per_token", "prefill_1024_s", "copilot_total_s",
+                                             "neighbour_tokens_per_s", "neighbour_alone_tokens_per_s")}
             result["beside_generator"].update({
                 f"{key}_x_idle": round(loaded[key] / result[key], 2)
                 for key in ("decode_ms_per_token", "prefill_1024_s", "copilot_total_s")})

@@ -622,6 +622,19 @@ void decode_layer(const LayerArgs& a) {
   }
 }
 
+// y = x + proj + mlp + bias for the row at `i` (x left out without the residual), added in
+// that order as decode_layer does
+void residual_row(const LayerArgs& a, int64_t i) {
+  const int64_t n = a.s.embd, n_vec = n - n % simd::kLanes;
+  for (int64_t r = 0; r < n_vec; r += simd::kLanes) {
+    const simd::vf x = a.residual ? simd::load(a.x + i + r) : simd::zero();
+    simd::store(a.y + i + r, simd::add(simd::add(simd::add(x, simd::load(a.proj + i + r)), simd::load(a.mlp + i + r)),
+                                       simd::load(a.out_bias + r)));
+  }
+  for (int64_t r = n_vec; r < n; ++r)
+    a.y[i + r] = (a.residual ? a.x[i + r] : 0.0f) + a.proj[i + r] + a.mlp[i + r] + a.out_bias[r];
+}
+
 // A prompt: the GEMMs, with each activation row quantised (int8 weights) or rounded
 // (bf16/fp16 weights) once, by the loop that finishes the row.
 void prefill_layer(const LayerArgs& a) {
@@ -668,11 +681,7 @@ void prefill_layer(const LayerArgs& a) {
         kern::gemm_panel(a.fc_out_w, inner_in, a.mlp, s.embd, p - out_panels, panel.data());
     }
 #pragma omp for schedule(static)
-    for (int64_t m = 0; m < tokens; ++m)
-      for (int64_t r = 0; r < s.embd; ++r) {
-        const int64_t i = m * s.embd + r;
-        a.y[i] = (a.residual ? a.x[i] : 0.0f) + a.proj[i] + a.mlp[i] + a.out_bias[r];
-      }
+    for (int64_t m = 0; m < tokens; ++m) residual_row(a, m * s.embd);
   }
 }
 

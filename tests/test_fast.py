@@ -475,6 +475,23 @@ def test_reduced_precision_prompt_attention_after_cached_tokens_agrees_with_fp32
     assert agreement >= 0.99, f"{dtype}: top-1 agrees with fp32 on {agreement:.3f} of positions"
 
 
+@needs_kernels
+@pytest.mark.parametrize("dtype", ["int8", "bf16"])
+def test_a_prompt_gives_the_same_logits_whatever_ran_before(dtype):
+    # the GEMMs' activation copies are not zero-filled: the heap hands them what earlier, longer
+    # or shorter, prompts left there, and none of it may reach the logits (ragged rows, padding rows)
+    fast = make_fast(copy_model(small_model(seed=5, n_positions=512)), dtype)
+    rng = np.random.default_rng(1)
+    prompt = paddle.to_tensor(rng.integers(0, 512, size=(1, 150)), dtype="int64")
+    logits = []
+    for before in (300, 77):
+        with paddle.no_grad():
+            fast(paddle.to_tensor(rng.integers(0, 512, size=(2, before)), dtype="int64"), None,
+                 fast.new_cache(2, before))
+            logits.append(fast(prompt, None, fast.new_cache(1, 150)).numpy())
+    np.testing.assert_array_equal(*logits)
+
+
 def test_int8_amx_prefill_logits_equal_the_vnni_ones(trained, amx_prefill):
     # bit-identical GEMMs make the whole forward identical, padding and all. Only the int8 GEMMs
     # change kernel: attention's bf16 products stay on AMX (the AVX512-BF16 kernel does not round

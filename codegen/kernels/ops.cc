@@ -406,13 +406,29 @@ void attend_head(const LayerShape& s, int64_t b, int64_t h, const float* qkv, co
 // stay within L2 (512 KB at 1,024 keys).
 constexpr int64_t kQueryBlock = 128;
 
+// Whether a prompt's attention multiplies bf16 values (fp32 sums) on the CPU's bf16 GEMM
+// (AMX tiles where it has them): only beside reduced-precision weights, whose Linears round
+// their activations coarser already (int8: 8 bits a value, bf16: the same 8-bit mantissa);
+// an fp32 model keeps its fp32 attention. On the 350M model's 1,024-token prompt the two
+// products were a third of the int8 prefill's time in fp32 FMAs.
+bool bf16_attention(const WeightMatrix& qkv_w) {
+  return qkv_w.format != WeightFormat::kFloat32 &&
+         kern::gemm_kernel(WeightFormat::kBFloat16) != kern::GemmKernel::kFloat32;
+}
+
+// rows [0, n) of x (row-major, ld floats) as bf16 rows of ld_out values
+void round_rows_bf16(const float* x, int64_t n, int64_t cols, int64_t ld, uint16_t* out, int64_t ld_out) {
+  const kern::RowLayout layout = kern::RowLayout::of(cols, 2, false);
+  for (int64_t i = 0; i < n; ++i) kern::round_row_bf16(x + i * ld, cols, layout, out + i * ld_out);
+}
+
 // The same for many new tokens (a prompt), a block of queries at a time: the scores and
-// the weighted sum of values go through the fp32 GEMM, and a block computes scores only
-// for the keys its last query sees (causal), so the work is about half of the full square
-// and the memory one block's rows instead of [seq, total].
+// the weighted sum of values go through a GEMM (fp32, or bf16 as `bf16_attention` says),
+// and a block computes scores only for the keys its last query sees (causal), so the work
+// is about half of the full square and the memory one block's rows instead of [seq, total].
 void attend_head_blocked(const LayerShape& s, int64_t b, int64_t h, const float* qkv, const int64_t* positions,
                          const int64_t* mask, const float* sin_table, const float* cos_table, float* key_cache,
-                         float* value_cache, float* out, std::vector<float>& scratch) {
+                         float* value_cache, float* out, std::vector<float>& scratch, bool bf16) {
   const int64_t d = s.head_dim, e = s.width, half = s.rotary_dim / 2, total = s.total(), n = s.seq;
   const int64_t local = s.heads / s.mp_num, shard = h / local, j = h % local;
   const int64_t q_off = (shard * 3 * local + j) * d;
@@ -421,11 +437,15 @@ void attend_head_blocked(const LayerShape& s, int64_t b, int64_t h, const float*
   float* keys = key_cache + (b * s.heads + h) * s.cache_len * d;
   float* values = value_cache + (b * s.heads + h) * s.cache_len * d;
   const int64_t block = std::min(kQueryBlock, n);
-  scratch.resize(n * d + block * total + d * total + kern::kPanelScratchFloats);
+  // the bf16 copies of the keys [total][d] and transposed values [d][total] (whole floats)
+  const int64_t bf16_floats = bf16 ? (total * d + 1) / 2 * 2 : 0;
+  scratch.resize(n * d + block * total + d * total + kern::kPanelScratchFloats + bf16_floats);
   float* queries = scratch.data();
   float* scores = queries + n * d;
   float* values_t = scores + block * total;
   float* panel = values_t + d * total;
+  auto* keys_bf16 = reinterpret_cast<uint16_t*>(panel + kern::kPanelScratchFloats);
+  uint16_t* values_t_bf16 = keys_bf16 + total * d;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t m = b * n + i;
     const float* row = qkv + m * 3 * e;
@@ -435,14 +455,29 @@ void attend_head_blocked(const LayerShape& s, int64_t b, int64_t h, const float*
     rotate(row + k_off, keys + (s.past + i) * d, d, s.rotary_dim, sn, cs);
     std::memcpy(values + (s.past + i) * d, row + v_off, d * sizeof(float));
   }
-  for (int64_t t = 0; t < total; ++t)
-    for (int64_t c = 0; c < d; ++c) values_t[c * total + t] = values[t * d + c];
+  // by 16 keys: the rows of values_t are a multiple of 4 KB apart at 1,024 keys, and one key at
+  // a time wrote a line in each, all in one cache set
+  for (int64_t t0 = 0; t0 < total; t0 += 16)
+    for (int64_t c = 0; c < d; ++c)
+      for (int64_t t = t0; t < std::min(total, t0 + 16); ++t) values_t[c * total + t] = values[t * d + c];
+  if (bf16) {
+    round_rows_bf16(keys, total, d, d, keys_bf16, d);
+    round_rows_bf16(values_t, d, total, total, values_t_bf16, total);
+  }
+  const WeightFormat format = bf16 ? WeightFormat::kBFloat16 : WeightFormat::kFloat32;
   const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d));
   for (int64_t i0 = 0; i0 < n; i0 += block) {
     const int64_t rows = std::min(block, n - i0), visible = s.past + i0 + rows;
-    const kern::WeightMatrix key_rows{keys, WeightFormat::kFloat32, nullptr, visible, d};
-    for (int64_t p = 0; p < kern::gemm_panel_count(key_rows); ++p)
-      kern::gemm_panel_f32<kern::F32>(key_rows, queries + i0 * d, d, rows, scores, visible, p, panel);
+    const kern::WeightMatrix key_rows{bf16 ? static_cast<const void*>(keys_bf16) : keys, format, nullptr, visible, d};
+    if (bf16) {
+      kern::GemmInput in(queries + i0 * d, rows, d, {&key_rows});
+      for (int64_t i = 0; i < rows; ++i) in.prepare_row(i);
+      for (int64_t p = 0; p < kern::gemm_panel_count(key_rows); ++p)
+        kern::gemm_panel(key_rows, in, scores, visible, p, panel);
+    } else {
+      for (int64_t p = 0; p < kern::gemm_panel_count(key_rows); ++p)
+        kern::gemm_panel_f32<kern::F32>(key_rows, queries + i0 * d, d, rows, scores, visible, p, panel);
+    }
     std::vector<int64_t> sees_nothing;
     for (int64_t i = i0; i < i0 + rows; ++i) {
       float* row = scores + (i - i0) * visible;
@@ -457,10 +492,18 @@ void attend_head_blocked(const LayerShape& s, int64_t b, int64_t h, const float*
       const float inv = 1.0f / softmax_numerators(row, last + 1, max);
       for (int64_t t = 0; t <= last; ++t) row[t] *= inv;
     }
-    const kern::WeightMatrix value_columns{values_t, WeightFormat::kFloat32, nullptr, d, visible, total};
-    for (int64_t p = 0; p < kern::gemm_panel_count(value_columns); ++p)
-      kern::gemm_panel_f32<kern::F32>(value_columns, scores, visible, rows, out + (b * n + i0) * e + h * d, e, p,
-                                      panel);
+    const kern::WeightMatrix value_columns{bf16 ? static_cast<const void*>(values_t_bf16) : values_t, format, nullptr,
+                                           d, visible, total};
+    float* o = out + (b * n + i0) * e + h * d;
+    if (bf16) {
+      kern::GemmInput in(scores, rows, visible, {&value_columns});
+      for (int64_t i = 0; i < rows; ++i) in.prepare_row(i);
+      for (int64_t p = 0; p < kern::gemm_panel_count(value_columns); ++p)
+        kern::gemm_panel(value_columns, in, o, e, p, panel);
+    } else {
+      for (int64_t p = 0; p < kern::gemm_panel_count(value_columns); ++p)
+        kern::gemm_panel_f32<kern::F32>(value_columns, scores, visible, rows, o, e, p, panel);
+    }
     // a padding query sees nothing; the reference's uniform average over every key keeps it finite
     for (int64_t i : sees_nothing) {
       float* o = out + (b * n + i) * e + h * d;
@@ -579,12 +622,26 @@ void decode_layer(const LayerArgs& a) {
   }
 }
 
+// y = x + proj + mlp + bias for the row at `i` (x left out without the residual), added in
+// that order as decode_layer does
+void residual_row(const LayerArgs& a, int64_t i) {
+  const int64_t n = a.s.embd, n_vec = n - n % simd::kLanes;
+  for (int64_t r = 0; r < n_vec; r += simd::kLanes) {
+    const simd::vf x = a.residual ? simd::load(a.x + i + r) : simd::zero();
+    simd::store(a.y + i + r, simd::add(simd::add(simd::add(x, simd::load(a.proj + i + r)), simd::load(a.mlp + i + r)),
+                                       simd::load(a.out_bias + r)));
+  }
+  for (int64_t r = n_vec; r < n; ++r)
+    a.y[i + r] = (a.residual ? a.x[i + r] : 0.0f) + a.proj[i + r] + a.mlp[i + r] + a.out_bias[r];
+}
+
 // A prompt: the GEMMs, with each activation row quantised (int8 weights) or rounded
 // (bf16/fp16 weights) once, by the loop that finishes the row.
 void prefill_layer(const LayerArgs& a) {
   const LayerShape& s = a.s;
   const int64_t tokens = s.tokens();
   std::vector<float> normed(tokens * s.embd);
+  const bool attention_bf16 = bf16_attention(a.qkv_w);
   kern::GemmInput normed_in(normed.data(), tokens, s.embd, {&a.qkv_w, &a.in_w}),
       attn_in(a.attn, tokens, s.width, {&a.out_w}), inner_in(a.inner, tokens, s.inner, {&a.fc_out_w});
 #pragma omp parallel
@@ -611,7 +668,7 @@ void prefill_layer(const LayerArgs& a) {
 #pragma omp for schedule(dynamic, 1)
     for (int64_t bh = 0; bh < s.batch * s.heads; ++bh)
       attend_head_blocked(s, bh / s.heads, bh % s.heads, a.qkv, a.positions, a.mask, a.sin, a.cos, a.key_cache,
-                          a.value_cache, a.attn, scratch);
+                          a.value_cache, a.attn, scratch, attention_bf16);
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < tokens; ++m) attn_in.prepare_row(m);
     // attention output and the MLP output land on the same residual rows
@@ -624,8 +681,7 @@ void prefill_layer(const LayerArgs& a) {
         kern::gemm_panel(a.fc_out_w, inner_in, a.mlp, s.embd, p - out_panels, panel.data());
     }
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < tokens * s.embd; ++i)
-      a.y[i] = (a.residual ? a.x[i] : 0.0f) + a.proj[i] + a.mlp[i] + a.out_bias[i % s.embd];
+    for (int64_t m = 0; m < tokens; ++m) residual_row(a, m * s.embd);
   }
 }
 
@@ -909,10 +965,11 @@ void codegeex_prefill_layer(const GeexArgs& a) {
       const auto [c0, c1] = columns(w, panel_index);
       add_bias(a.qkv + offset, 3 * e, tokens, a.qkv_bias + offset, c0, c1);
     }
+    // fp32 attention, as the fp32 activations its int8 weights meet
 #pragma omp for schedule(dynamic, 1)
     for (int64_t bh = 0; bh < s.batch * s.heads; ++bh)
       attend_head_blocked(s, bh / s.heads, bh % s.heads, a.qkv, a.positions, a.mask, nullptr, nullptr, a.key_cache,
-                          a.value_cache, a.attn, scratch);
+                          a.value_cache, a.attn, scratch, false);
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < tokens; ++m) attn_in.prepare_row(m);
 #pragma omp for schedule(dynamic, 1)
@@ -1015,13 +1072,14 @@ std::vector<std::vector<int64_t>> CodeGeeXLayerShape(
 extern "C" {
 
 // The prefill kernels in use, as bits: 1 the int8 one (VNNI), 2 the bf16 one (AVX512-BF16),
-// 4 int8 on AMX, 8 bf16 on AMX. With `enable` 0, 1 or 2, first turns the reduced-precision
-// kernels off, back to what the CPU supports, or to that without AMX (the tests compare
-// them); -1 only reads.
+// 4 int8 on AMX, 8 bf16 on AMX. With `enable` 0, 1, 2 or 3, first turns the reduced-precision
+// kernels off, back to what the CPU supports, to that without AMX, or without AMX for int8
+// only (the tests compare them); -1 only reads.
 int codegen_prefill_kernels(int enable) {
   kern::GemmSupport& s = kern::gemm_support();
   if (enable >= 0) s = enable ? kern::cpu_gemm_support() : kern::GemmSupport{};
   if (enable == 2) s.amx_int8 = s.amx_bf16 = false;
+  if (enable == 3) s.amx_int8 = false;
   return (s.int8 ? 1 : 0) | (s.bf16 ? 2 : 0) | (s.amx_int8 ? 4 : 0) | (s.amx_bf16 ? 8 : 0);
 }
 

@@ -125,6 +125,26 @@ inline TileConfig matvec_config(int64_t activation_rows) {
 // sums (at most 128 * 128 each) far below. Longer rows are summed a block at a time.
 constexpr int64_t kBlockCols = 32768;
 
+// The lo and hi sums of an accumulator pair, stored from their tiles
+struct TileSums {
+  alignas(64) int32_t lo[kTileRows][kTileRows], hi[kTileRows][kTileRows];
+};
+
+// dots[i * kTileRows + m] += hi[i][m] * 256 + lo[i][m], in int64 (the join needs more than 32 bits)
+KERN_TARGET_AMX inline void add_tile_sums(const TileSums& sums, int64_t* dots) {
+  const auto& [lo, hi] = sums;
+  for (int i = 0; i < kTileRows; ++i) {
+    const __m512i l = _mm512_load_si512(lo[i]), h = _mm512_load_si512(hi[i]);
+    for (int half = 0; half < 2; ++half) {
+      const __m256i l8 = half ? _mm512_extracti64x4_epi64(l, 1) : _mm512_castsi512_si256(l),
+                    h8 = half ? _mm512_extracti64x4_epi64(h, 1) : _mm512_castsi512_si256(h);
+      const __m512i sum = _mm512_add_epi64(_mm512_slli_epi64(_mm512_cvtepi32_epi64(h8), 8), _mm512_cvtepi32_epi64(l8));
+      int64_t* d = dots + i * kTileRows + 8 * half;
+      _mm512_storeu_si512(d, _mm512_add_epi64(_mm512_loadu_si512(d), sum));
+    }
+  }
+}
+
 // dots[i * kTileRows + m] += exact dot of weight row i (< G * 16) with activation row m.
 // `x16` is the unpacked int16 form, for the columns past the last whole tile. Needs
 // `Tiles(matvec_config(x.rows))` on this thread.
@@ -133,8 +153,6 @@ KERN_TARGET_AMX void dot_rows(const int8_t* w, int64_t stride, const PackedActiv
                               int64_t* dots, const char* prefetch_end) {
   static_assert(G == 1 || G == 2, "two 16-row groups fill the eight tiles");
   const int64_t k = x.cols, tiles = k / kTileCols, n = x.rows, b_stride = 4 * n;
-  // a tile stores its n columns; the rest stay zero so the sums below run over all 16
-  alignas(64) int32_t lo[kTileRows][kTileRows] = {}, hi[kTileRows][kTileRows] = {};
   for (int64_t t0 = 0; t0 < tiles; t0 += kBlockCols / kTileCols) {
     const int64_t t1 = std::min(tiles, t0 + kBlockCols / kTileCols);
     _tile_zero(0);
@@ -160,17 +178,14 @@ KERN_TARGET_AMX void dot_rows(const int8_t* w, int64_t stride, const PackedActiv
         _tile_dpbssd(3, 5, 7);
       }
     }
-    for (int g = 0; g < G; ++g) {
-      if (g == 0) {
-        _tile_stored(0, lo, sizeof lo[0]);
-        _tile_stored(1, hi, sizeof hi[0]);
-      } else {
-        _tile_stored(2, lo, sizeof lo[0]);
-        _tile_stored(3, hi, sizeof hi[0]);
-      }
-      int64_t* d = dots + g * kTileRows * kTileRows;
-      for (int i = 0; i < kTileRows; ++i)
-        for (int m = 0; m < kTileRows; ++m) d[i * kTileRows + m] += int64_t{hi[i][m]} * 256 + lo[i][m];
+    TileSums sums;
+    _tile_stored(0, sums.lo, sizeof sums.lo[0]);
+    _tile_stored(1, sums.hi, sizeof sums.hi[0]);
+    add_tile_sums(sums, dots);
+    if constexpr (G == 2) {
+      _tile_stored(2, sums.lo, sizeof sums.lo[0]);
+      _tile_stored(3, sums.hi, sizeof sums.hi[0]);
+      add_tile_sums(sums, dots + kTileRows * kTileRows);
     }
   }
   if (tiles * kTileCols == k) return;
@@ -182,31 +197,30 @@ KERN_TARGET_AMX void dot_rows(const int8_t* w, int64_t stride, const PackedActiv
     }
 }
 
-// y[m * ldy + r0 + i] = result(w_scale[r0 + i], xs[m], dots[i * 16 + m]) for i < count and
-// m < n: computed a row at a time, all 16 activation rows in a vector, then transposed into
-// one contiguous run of y per activation row.
-template <class Result>
-KERN_TARGET_AMX void store_results(const int64_t* dots, int64_t r0, int64_t count, const float* w_scale,
-                                   const float xs[kTileRows], int64_t n, float* y, int64_t ldy, Result result) {
-  alignas(64) float out[kTileRows][kTileRows];
-  for (int i = 0; i < kTileRows; ++i) {
-    const float ws = i < count ? w_scale[r0 + i] : 0.0f;
-    for (int m = 0; m < kTileRows; ++m) out[i][m] = result(ws, xs[m], dots[i * kTileRows + m]);
-  }
+// y[m * ldy + r0 + i] = w_scale[r0 + i] * xs[m] * float(dots[i * 16 + m]) for i < count and
+// m < n (int8_dot_result in matvec.h, 16 activation rows at a time, in the same order of
+// operations), transposed into one contiguous run of y per activation row.
+KERN_TARGET_AMX inline void store_results(const int64_t* dots, int64_t r0, int64_t count, const float* w_scale,
+                                          const float xs[kTileRows], int64_t n, float* y, int64_t ldy) {
+  const __m512 x_scale = _mm512_loadu_ps(xs);
   __m512 v[kTileRows];
-  for (int i = 0; i < kTileRows; ++i) v[i] = _mm512_load_ps(out[i]);
+  for (int i = 0; i < kTileRows; ++i) {
+    const __m512 ws = _mm512_set1_ps(i < count ? w_scale[r0 + i] : 0.0f);
+    const __m512 dot = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtepi64_ps(_mm512_loadu_si512(dots + i * kTileRows))),
+                                          _mm512_cvtepi64_ps(_mm512_loadu_si512(dots + i * kTileRows + 8)), 1);
+    v[i] = _mm512_mul_ps(_mm512_mul_ps(ws, x_scale), dot);
+  }
   transpose16(v);
   const __mmask16 rows = count >= kTileRows ? 0xffff : (1u << count) - 1;
   for (int64_t m = 0; m < n; ++m) _mm512_mask_storeu_ps(y + m * ldy + r0, rows, v[m]);
 }
 
-// y[m * ldy + r] = result(w_scale[r], x_scale[m], exact dot of weight row r with x16's
+// y[m * ldy + r] = int8_dot_result(w_scale[r], x_scale[m], exact dot of weight row r with x16's
 // row m) for rows [row_begin, row_end) of `w` ([rows, x.cols], `stride` bytes from row to
 // row) and m < x.rows.
-template <class Result>
-KERN_TARGET_AMX void int8_matvec(const int8_t* w, int64_t stride, const float* w_scale, int64_t row_begin,
+KERN_TARGET_AMX inline void int8_matvec(const int8_t* w, int64_t stride, const float* w_scale, int64_t row_begin,
                                  int64_t row_end, const PackedActivations& x, const int16_t* x16,
-                                 const float* x_scale, float* y, int64_t ldy, Result result) {
+                                 const float* x_scale, float* y, int64_t ldy) {
   const Tiles tiles(matvec_config(x.rows));
   const char* end = reinterpret_cast<const char*>(w + row_end * stride);
   float xs[kTileRows] = {};
@@ -216,8 +230,8 @@ KERN_TARGET_AMX void int8_matvec(const int8_t* w, int64_t stride, const float* w
   for (; r + 2 * kTileRows <= row_end; r += 2 * kTileRows) {
     std::fill(std::begin(dots), std::end(dots), 0);
     dot_rows<2>(w + r * stride, stride, x, x16, dots, end);
-    store_results(dots, r, kTileRows, w_scale, xs, x.rows, y, ldy, result);
-    store_results(dots + kTileRows * kTileRows, r + kTileRows, kTileRows, w_scale, xs, x.rows, y, ldy, result);
+    store_results(dots, r, kTileRows, w_scale, xs, x.rows, y, ldy);
+    store_results(dots + kTileRows * kTileRows, r + kTileRows, kTileRows, w_scale, xs, x.rows, y, ldy);
   }
   for (; r < row_end; r += kTileRows) {
     std::fill(std::begin(dots), std::end(dots), 0);
@@ -230,7 +244,7 @@ KERN_TARGET_AMX void int8_matvec(const int8_t* w, int64_t stride, const float* w
       for (int64_t i = 0; r + i < row_end; ++i) std::memcpy(&padded[i * x.cols], w + (r + i) * stride, x.cols);
       dot_rows<1>(padded.data(), x.cols, x, x16, dots, nullptr);
     }
-    store_results(dots, r, std::min<int64_t>(kTileRows, row_end - r), w_scale, xs, x.rows, y, ldy, result);
+    store_results(dots, r, std::min<int64_t>(kTileRows, row_end - r), w_scale, xs, x.rows, y, ldy);
   }
 }
 

@@ -25,10 +25,11 @@ namespace kern::amx {
 constexpr int kTileRows = 16;   // weight rows per A tile; also the most activation rows (B columns)
 constexpr int kTileCols = 64;   // int8 weights per A tile row
 
-// Below this many activation rows the vector kernel was faster (one thread, the 350M
-// model's int8 blocks: 1 row 21 ms AMX 30 ms, 4 rows even, 9 rows 48 ms AMX 30 ms):
-// a tile multiply costs the same for 1 or 16 rows, and tiles load 16 rows' streams at once.
-constexpr int kDefaultMinRows = 5;
+// Below this many activation rows the vector kernel is as fast or faster (one thread, 300 MB
+// of int8 rows of 1,024: 1 row vector 21.6 ms, AMX 24 ms; 2 rows even at 24.5; 3 rows vector
+// 25.4, AMX 24.2; 9 rows vector 42.8, AMX 26.9): a tile multiply costs the same for 1 or 16
+// rows, and tiles load 16 rows' streams at once.
+constexpr int kDefaultMinRows = 3;
 
 // Process-wide: the fewest activation rows an int8 matvec hands to AMX; 0: none (AMX not
 // usable here, or turned off: the tests compare with the vector kernel).
@@ -145,6 +146,14 @@ KERN_TARGET_AMX inline void add_tile_sums(const TileSums& sums, int64_t* dots) {
   }
 }
 
+// How many 64-column blocks ahead dot_rows prefetches its weight lines, into L1. A tile load
+// that misses L1 holds up the tile multiplies queued behind it, so reading memory and
+// multiplying took turns: on one core tile loads alone streamed ~15 GB/s, the multiplies on
+// weights in L2 ~25 GB/s, the two together ~10. Prefetching the next block of rows into L2
+// (32 KB ahead) did not change that; 3 column blocks ahead into L1 (96 lines) took 9 rows
+// from 31 to 27 ms per 300 MB of weights on one thread (2 to 10 tried; 3 to 6 about even).
+constexpr int64_t kPrefetchTiles = 3;
+
 // dots[i * kTileRows + m] += exact dot of weight row i (< G * 16) with activation row m.
 // `x16` is the unpacked int16 form, for the columns past the last whole tile. Needs
 // `Tiles(matvec_config(x.rows))` on this thread.
@@ -163,10 +172,13 @@ KERN_TARGET_AMX void dot_rows(const int8_t* w, int64_t stride, const PackedActiv
     }
     for (int64_t t = t0; t < t1; ++t) {
       const int8_t* wt = w + t * kTileCols;
-      // the lines this column block will need in the next block of rows (int8_matvec walks them in order)
-      const char* ahead = reinterpret_cast<const char*>(wt) + G * kTileRows * stride;
+      // the lines of the column block kPrefetchTiles on (past the last: into the next block of
+      // rows, int8_matvec walks them in order), into L1: see kPrefetchTiles
+      const int64_t ta = t + kPrefetchTiles;
+      const char* ahead =
+          reinterpret_cast<const char*>(w) + ta / tiles * G * kTileRows * stride + ta % tiles * kTileCols;
       for (int i = 0; i < G * kTileRows; ++i)
-        if (ahead + i * stride < prefetch_end) _mm_prefetch(ahead + i * stride, _MM_HINT_T1);
+        if (ahead + i * stride < prefetch_end) _mm_prefetch(ahead + i * stride, _MM_HINT_T0);
       _tile_loadd(6, x.lo.data() + t * x.tile_bytes(), b_stride);
       _tile_loadd(7, x.hi.data() + t * x.tile_bytes(), b_stride);
       _tile_loadd(4, wt, stride);

@@ -25,11 +25,12 @@ namespace kern::amx {
 constexpr int kTileRows = 16;   // weight rows per A tile; also the most activation rows (B columns)
 constexpr int kTileCols = 64;   // int8 weights per A tile row
 
-// Below this many activation rows the vector kernel is as fast or faster (one thread, 300 MB
-// of int8 rows of 1,024: 1 row vector 21.6 ms, AMX 24 ms; 2 rows even at 24.5; 3 rows vector
-// 25.4, AMX 24.2; 9 rows vector 42.8, AMX 26.9): a tile multiply costs the same for 1 or 16
-// rows, and tiles load 16 rows' streams at once.
-constexpr int kDefaultMinRows = 3;
+// Below this many activation rows the vector kernel is as fast or faster: a tile multiply
+// costs the same for 1 or 16 rows, and tiles load 16 rows' streams at once. One thread,
+// 300 MB of int8 rows of 1,024: 1 row vector 21.6 ms, AMX 24; 3 rows vector 25.4, AMX 24.2;
+// 9 rows vector 42.8, AMX 26.9. The 350M model's forward pass (one thread) leans the other
+// way: 3 tokens vector 27.3 ms, AMX 28.6; 4 tokens about even (29.0, 28.6).
+constexpr int kDefaultMinRows = 4;
 
 // Process-wide: the fewest activation rows an int8 matvec hands to AMX; 0: none (AMX not
 // usable here, or turned off: the tests compare with the vector kernel).

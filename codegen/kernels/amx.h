@@ -20,7 +20,7 @@
 #include <cstdint>
 #include <cstring>
 
-#define KERN_TARGET_AMX __attribute__((target("avx512f,avx512bw,avx512vl,amx-tile,amx-int8,amx-bf16")))
+#define KERN_TARGET_AMX __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,amx-tile,amx-int8,amx-bf16")))
 
 namespace kern::amx {
 

@@ -25,10 +25,12 @@ namespace kern::amx {
 constexpr int kTileRows = 16;   // weight rows per A tile; also the most activation rows (B columns)
 constexpr int kTileCols = 64;   // int8 weights per A tile row
 
-// Below this many activation rows the vector kernel was faster (one thread, the 350M
-// model's int8 blocks: 1 row 21 ms AMX 30 ms, 4 rows even, 9 rows 48 ms AMX 30 ms):
-// a tile multiply costs the same for 1 or 16 rows, and tiles load 16 rows' streams at once.
-constexpr int kDefaultMinRows = 5;
+// Below this many activation rows the vector kernel is as fast or faster: a tile multiply
+// costs the same for 1 or 16 rows, and tiles load 16 rows' streams at once. One thread,
+// 300 MB of int8 rows of 1,024: 1 row vector 21.6 ms, AMX 24; 3 rows vector 25.4, AMX 24.2;
+// 9 rows vector 42.8, AMX 26.9. The 350M model's forward pass (one thread) leans the other
+// way: 3 tokens vector 27.3 ms, AMX 28.6; 4 tokens about even (29.0, 28.6).
+constexpr int kDefaultMinRows = 4;
 
 // Process-wide: the fewest activation rows an int8 matvec hands to AMX; 0: none (AMX not
 // usable here, or turned off: the tests compare with the vector kernel).
@@ -125,6 +127,34 @@ inline TileConfig matvec_config(int64_t activation_rows) {
 // sums (at most 128 * 128 each) far below. Longer rows are summed a block at a time.
 constexpr int64_t kBlockCols = 32768;
 
+// The lo and hi sums of an accumulator pair, stored from their tiles
+struct TileSums {
+  alignas(64) int32_t lo[kTileRows][kTileRows], hi[kTileRows][kTileRows];
+};
+
+// dots[i * kTileRows + m] += hi[i][m] * 256 + lo[i][m], in int64 (the join needs more than 32 bits)
+KERN_TARGET_AMX inline void add_tile_sums(const TileSums& sums, int64_t* dots) {
+  const auto& [lo, hi] = sums;
+  for (int i = 0; i < kTileRows; ++i) {
+    const __m512i l = _mm512_load_si512(lo[i]), h = _mm512_load_si512(hi[i]);
+    for (int half = 0; half < 2; ++half) {
+      const __m256i l8 = half ? _mm512_extracti64x4_epi64(l, 1) : _mm512_castsi512_si256(l),
+                    h8 = half ? _mm512_extracti64x4_epi64(h, 1) : _mm512_castsi512_si256(h);
+      const __m512i sum = _mm512_add_epi64(_mm512_slli_epi64(_mm512_cvtepi32_epi64(h8), 8), _mm512_cvtepi32_epi64(l8));
+      int64_t* d = dots + i * kTileRows + 8 * half;
+      _mm512_storeu_si512(d, _mm512_add_epi64(_mm512_loadu_si512(d), sum));
+    }
+  }
+}
+
+// How many 64-column blocks ahead dot_rows prefetches its weight lines, into L1. A tile load
+// that misses L1 holds up the tile multiplies queued behind it, so reading memory and
+// multiplying took turns: on one core tile loads alone streamed ~15 GB/s, the multiplies on
+// weights in L2 ~25 GB/s, the two together ~10. Prefetching the next block of rows into L2
+// (32 KB ahead) did not change that; 3 column blocks ahead into L1 (96 lines) took 9 rows
+// from 31 to 27 ms per 300 MB of weights on one thread (2 to 10 tried; 3 to 6 about even).
+constexpr int64_t kPrefetchTiles = 3;
+
 // dots[i * kTileRows + m] += exact dot of weight row i (< G * 16) with activation row m.
 // `x16` is the unpacked int16 form, for the columns past the last whole tile. Needs
 // `Tiles(matvec_config(x.rows))` on this thread.
@@ -133,8 +163,6 @@ KERN_TARGET_AMX void dot_rows(const int8_t* w, int64_t stride, const PackedActiv
                               int64_t* dots, const char* prefetch_end) {
   static_assert(G == 1 || G == 2, "two 16-row groups fill the eight tiles");
   const int64_t k = x.cols, tiles = k / kTileCols, n = x.rows, b_stride = 4 * n;
-  // a tile stores its n columns; the rest stay zero so the sums below run over all 16
-  alignas(64) int32_t lo[kTileRows][kTileRows] = {}, hi[kTileRows][kTileRows] = {};
   for (int64_t t0 = 0; t0 < tiles; t0 += kBlockCols / kTileCols) {
     const int64_t t1 = std::min(tiles, t0 + kBlockCols / kTileCols);
     _tile_zero(0);
@@ -145,10 +173,13 @@ KERN_TARGET_AMX void dot_rows(const int8_t* w, int64_t stride, const PackedActiv
     }
     for (int64_t t = t0; t < t1; ++t) {
       const int8_t* wt = w + t * kTileCols;
-      // the lines this column block will need in the next block of rows (int8_matvec walks them in order)
-      const char* ahead = reinterpret_cast<const char*>(wt) + G * kTileRows * stride;
+      // the lines of the column block kPrefetchTiles on (past the last: into the next block of
+      // rows, int8_matvec walks them in order), into L1: see kPrefetchTiles
+      const int64_t ta = t + kPrefetchTiles;
+      const char* ahead =
+          reinterpret_cast<const char*>(w) + ta / tiles * G * kTileRows * stride + ta % tiles * kTileCols;
       for (int i = 0; i < G * kTileRows; ++i)
-        if (ahead + i * stride < prefetch_end) _mm_prefetch(ahead + i * stride, _MM_HINT_T1);
+        if (ahead + i * stride < prefetch_end) _mm_prefetch(ahead + i * stride, _MM_HINT_T0);
       _tile_loadd(6, x.lo.data() + t * x.tile_bytes(), b_stride);
       _tile_loadd(7, x.hi.data() + t * x.tile_bytes(), b_stride);
       _tile_loadd(4, wt, stride);
@@ -160,17 +191,14 @@ KERN_TARGET_AMX void dot_rows(const int8_t* w, int64_t stride, const PackedActiv
         _tile_dpbssd(3, 5, 7);
       }
     }
-    for (int g = 0; g < G; ++g) {
-      if (g == 0) {
-        _tile_stored(0, lo, sizeof lo[0]);
-        _tile_stored(1, hi, sizeof hi[0]);
-      } else {
-        _tile_stored(2, lo, sizeof lo[0]);
-        _tile_stored(3, hi, sizeof hi[0]);
-      }
-      int64_t* d = dots + g * kTileRows * kTileRows;
-      for (int i = 0; i < kTileRows; ++i)
-        for (int m = 0; m < kTileRows; ++m) d[i * kTileRows + m] += int64_t{hi[i][m]} * 256 + lo[i][m];
+    TileSums sums;
+    _tile_stored(0, sums.lo, sizeof sums.lo[0]);
+    _tile_stored(1, sums.hi, sizeof sums.hi[0]);
+    add_tile_sums(sums, dots);
+    if constexpr (G == 2) {
+      _tile_stored(2, sums.lo, sizeof sums.lo[0]);
+      _tile_stored(3, sums.hi, sizeof sums.hi[0]);
+      add_tile_sums(sums, dots + kTileRows * kTileRows);
     }
   }
   if (tiles * kTileCols == k) return;
@@ -182,31 +210,30 @@ KERN_TARGET_AMX void dot_rows(const int8_t* w, int64_t stride, const PackedActiv
     }
 }
 
-// y[m * ldy + r0 + i] = result(w_scale[r0 + i], xs[m], dots[i * 16 + m]) for i < count and
-// m < n: computed a row at a time, all 16 activation rows in a vector, then transposed into
-// one contiguous run of y per activation row.
-template <class Result>
-KERN_TARGET_AMX void store_results(const int64_t* dots, int64_t r0, int64_t count, const float* w_scale,
-                                   const float xs[kTileRows], int64_t n, float* y, int64_t ldy, Result result) {
-  alignas(64) float out[kTileRows][kTileRows];
-  for (int i = 0; i < kTileRows; ++i) {
-    const float ws = i < count ? w_scale[r0 + i] : 0.0f;
-    for (int m = 0; m < kTileRows; ++m) out[i][m] = result(ws, xs[m], dots[i * kTileRows + m]);
-  }
+// y[m * ldy + r0 + i] = w_scale[r0 + i] * xs[m] * float(dots[i * 16 + m]) for i < count and
+// m < n (int8_dot_result in matvec.h, 16 activation rows at a time, in the same order of
+// operations), transposed into one contiguous run of y per activation row.
+KERN_TARGET_AMX inline void store_results(const int64_t* dots, int64_t r0, int64_t count, const float* w_scale,
+                                          const float xs[kTileRows], int64_t n, float* y, int64_t ldy) {
+  const __m512 x_scale = _mm512_loadu_ps(xs);
   __m512 v[kTileRows];
-  for (int i = 0; i < kTileRows; ++i) v[i] = _mm512_load_ps(out[i]);
+  for (int i = 0; i < kTileRows; ++i) {
+    const __m512 ws = _mm512_set1_ps(i < count ? w_scale[r0 + i] : 0.0f);
+    const __m512 dot = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtepi64_ps(_mm512_loadu_si512(dots + i * kTileRows))),
+                                          _mm512_cvtepi64_ps(_mm512_loadu_si512(dots + i * kTileRows + 8)), 1);
+    v[i] = _mm512_mul_ps(_mm512_mul_ps(ws, x_scale), dot);
+  }
   transpose16(v);
   const __mmask16 rows = count >= kTileRows ? 0xffff : (1u << count) - 1;
   for (int64_t m = 0; m < n; ++m) _mm512_mask_storeu_ps(y + m * ldy + r0, rows, v[m]);
 }
 
-// y[m * ldy + r] = result(w_scale[r], x_scale[m], exact dot of weight row r with x16's
+// y[m * ldy + r] = int8_dot_result(w_scale[r], x_scale[m], exact dot of weight row r with x16's
 // row m) for rows [row_begin, row_end) of `w` ([rows, x.cols], `stride` bytes from row to
 // row) and m < x.rows.
-template <class Result>
-KERN_TARGET_AMX void int8_matvec(const int8_t* w, int64_t stride, const float* w_scale, int64_t row_begin,
+KERN_TARGET_AMX inline void int8_matvec(const int8_t* w, int64_t stride, const float* w_scale, int64_t row_begin,
                                  int64_t row_end, const PackedActivations& x, const int16_t* x16,
-                                 const float* x_scale, float* y, int64_t ldy, Result result) {
+                                 const float* x_scale, float* y, int64_t ldy) {
   const Tiles tiles(matvec_config(x.rows));
   const char* end = reinterpret_cast<const char*>(w + row_end * stride);
   float xs[kTileRows] = {};
@@ -216,8 +243,8 @@ KERN_TARGET_AMX void int8_matvec(const int8_t* w, int64_t stride, const float* w
   for (; r + 2 * kTileRows <= row_end; r += 2 * kTileRows) {
     std::fill(std::begin(dots), std::end(dots), 0);
     dot_rows<2>(w + r * stride, stride, x, x16, dots, end);
-    store_results(dots, r, kTileRows, w_scale, xs, x.rows, y, ldy, result);
-    store_results(dots + kTileRows * kTileRows, r + kTileRows, kTileRows, w_scale, xs, x.rows, y, ldy, result);
+    store_results(dots, r, kTileRows, w_scale, xs, x.rows, y, ldy);
+    store_results(dots + kTileRows * kTileRows, r + kTileRows, kTileRows, w_scale, xs, x.rows, y, ldy);
   }
   for (; r < row_end; r += kTileRows) {
     std::fill(std::begin(dots), std::end(dots), 0);
@@ -230,7 +257,7 @@ KERN_TARGET_AMX void int8_matvec(const int8_t* w, int64_t stride, const float* w
       for (int64_t i = 0; r + i < row_end; ++i) std::memcpy(&padded[i * x.cols], w + (r + i) * stride, x.cols);
       dot_rows<1>(padded.data(), x.cols, x, x16, dots, nullptr);
     }
-    store_results(dots, r, std::min<int64_t>(kTileRows, row_end - r), w_scale, xs, x.rows, y, ldy, result);
+    store_results(dots, r, std::min<int64_t>(kTileRows, row_end - r), w_scale, xs, x.rows, y, ldy);
   }
 }
 

@@ -285,8 +285,7 @@ void matvec_rows(const WeightMatrix& w, const MatvecInput& in, float* y, int64_t
   if constexpr (std::is_same_v<Fmt, I8>) {
     if (in.int16_tiles.rows) {
       amx::int8_matvec(data, ld, w.scale, row_begin, row_end, in.int16_tiles, in.int16.data(),
-                       in.int16_scale.data(), y, ldy,
-                       [](float w_scale, float x_scale, int64_t dot) { return int8_dot_result(w_scale, x_scale, dot); });
+                       in.int16_scale.data(), y, ldy);
       return;
     }
   }

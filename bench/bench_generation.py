@@ -45,7 +45,8 @@ against the fastest instructions this CPU has for their precision.
 --beside-generator runs every case a second time while another process (our
 int8 model) generates in a loop, and reports decode and the Copilot-shaped
 request beside it and their ratio to the idle run, and that process's tokens/s
-alone and during each case (what the case left its neighbour).
+alone and during each case (what the case left its neighbour). --beside-busy-loop does the same
+beside a process that keeps one core busy in a Python loop.
 
 With ours-int8 and ct2-int8 among the cases, a last line checks issue 15's
 targets in this run: prefill of 1,024 tokens, the Copilot-shaped request and
@@ -487,6 +488,13 @@ def merge_best(runs: list[dict]) -> dict:
     return merged
 
 
+def under_load(loaded: dict, idle: dict, extra: tuple[str, ...] = ()) -> dict:
+    """A case's times beside a neighbour, and each as a multiple of its idle time."""
+    keys = ("decode_ms_per_token", "prefill_1024_s", "copilot_total_s")
+    return {**{key: loaded[key] for key in keys + extra},
+            **{f"{key}_x_idle": round(loaded[key] / idle[key], 2) for key in keys}}
+
+
 # issue 15's targets: our int8 against CTranslate2 int8 in the same run
 TARGET_RATIOS = {"prefill_1024_s": 0.6, "copilot_total_s": 0.6, "decode_ms_per_token": 0.6}
 BESIDE_MAX_X_IDLE = 3.0
@@ -512,6 +520,19 @@ def targets(idle: dict[str, dict], beside: dict[str, dict]) -> dict | None:
                 "ours": ours_x, "ct2": ct2_x, "limit": BESIDE_MAX_X_IDLE,
                 "met": ours_x <= BESIDE_MAX_X_IDLE and ours_x <= ct2_x}
     return report
+
+
+class BusyLoop:
+    """A process that keeps one core busy in a Python loop, for --beside-busy-loop: what an editor,
+    a build or a test run does to the cores generation counts on."""
+
+    def __enter__(self):
+        self.process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        return self
+
+    def __exit__(self, *exc):
+        self.process.kill()
+        self.process.wait()
 
 
 class SecondGenerator:
@@ -569,6 +590,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=1, help="runs of every case, alternating")
     parser.add_argument("--beside-generator", action="store_true",
                         help="run every case once more beside a second process generating in a loop")
+    parser.add_argument("--beside-busy-loop", action="store_true",
+                        help="run every case once more beside a process that keeps one core busy")
     parser.add_argument("--worker", choices=["prepare", "prepare-ct2", "generate", "ours", "hf", "ct2"],
                         help=argparse.SUPPRESS)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
@@ -614,6 +637,12 @@ def main():
                 beside[case]["neighbour_alone_tokens_per_s"] = alone
                 print(json.dumps({"beside_generator": True, "case": case, **beside[case]}), file=sys.stderr,
                       flush=True)
+    busy: dict[str, dict] = {}
+    if args.beside_busy_loop:
+        with BusyLoop():
+            for case in cases:
+                busy[case] = run_case(case, args)
+                print(json.dumps({"beside_busy_loop": True, "case": case, **busy[case]}), file=sys.stderr, flush=True)
     reference = runs["hf-fp32"][0]["greedy_tokens"] if "hf-fp32" in runs else None
     merged = {case: merge_best(runs[case]) for case in cases}
     for case in cases:
@@ -624,13 +653,10 @@ def main():
                         len(reference))
             result["greedy_prefix_equal_to_hf_fp32"] = same
         if case in beside:
-            loaded = beside[case]
-            result["beside_generator"] = {
-                key: loaded[key] for key in ("decode_ms_per_token", "prefill_1024_s", "copilot_total_s",
-                                             "neighbour_tokens_per_s", "neighbour_alone_tokens_per_s")}
-            result["beside_generator"].update({
-                f"{key}_x_idle": round(loaded[key] / result[key], 2)
-                for key in ("decode_ms_per_token", "prefill_1024_s", "copilot_total_s")})
+            result["beside_generator"] = under_load(beside[case], result, (
+                "neighbour_tokens_per_s", "neighbour_alone_tokens_per_s"))
+        if case in busy:
+            result["beside_busy_loop"] = under_load(busy[case], result)
         print(json.dumps({"case": case, **result, "load_avg_end": os.getloadavg()}), flush=True)
     report = targets(merged, beside)
     if report is not None:

@@ -194,3 +194,22 @@ def test_split_server_answers_as_one_process(tiny_model_dir, tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
+
+
+def test_split_evaluation_writes_and_runs_each_sample_once(tiny_model_dir, tmp_path):
+    """Both ranks of a split model compute every sample together; rank 0 alone writes them,
+    runs the programs and reports (two writers would append each sample twice)."""
+    script = tmp_path / "evaluate.py"
+    script.write_text("import sys\nfrom codegen.evaluation.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    out = tmp_path / "eval"
+    done = subprocess.run(launch(tmp_path, str(script), "humaneval-x", "--language", "python", "--model",
+                                 str(tiny_model_dir), "-n", "2", "--limit", "2", "--max-new-tokens", "6",
+                                 "--output", str(out), "--quiet", "--workers", "1"),
+                          cwd=tmp_path, env=launched_env(), capture_output=True, text=True, timeout=900)
+    logs = worker_logs(tmp_path)
+    assert done.returncode == 0, logs[-5000:]
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert sorted((r["task_id"], r["completion_id"]) for r in rows) == [
+        ("Python/0", 0), ("Python/0", 1), ("Python/1", 0), ("Python/1", 1)]
+    assert json.loads((out / "results.json").read_text())["samples"] == 4
+    assert logs.count("python: pass@1") == 1, logs[-5000:]

@@ -170,6 +170,8 @@ def _run_benchmark(args, benchmark: str, problem_sets: dict, prompts=None) -> in
         problem_sets = {language: problems[:args.limit] for language, problems in problem_sets.items()}
     output = Path(args.output)
     predictor = _load_predictor(args) if args.model else None
+    # a split model's ranks generate together; rank 0 alone writes, runs the programs and reports
+    lead = predictor is None or predictor.parallel.rank == 0
     summaries = []
     for language, problems in problem_sets.items():
         directory = output if len(problem_sets) == 1 else output / language
@@ -180,7 +182,9 @@ def _run_benchmark(args, benchmark: str, problem_sets: dict, prompts=None) -> in
             from .generate import generate_samples
             generate_samples(predictor, problems, samples_path, num_samples=args.num_samples, config=config,
                              batch_size=args.batch_size, prompts=prompts, language_tag=args.language_tag,
-                             progress=not args.quiet)
+                             progress=lead and not args.quiet, record=lead)
+            if not lead:
+                continue
             samples = read_samples(samples_path, problems)
             settings.update(model=args.model, samples_per_problem=args.num_samples, temperature=config.temperature,
                             top_p=config.top_p, top_k=config.top_k, decode_strategy=config.decode_strategy,
@@ -201,6 +205,8 @@ def _run_benchmark(args, benchmark: str, problem_sets: dict, prompts=None) -> in
         write_results(directory, summary, evaluation)
         summaries.append(summary)
         print(f"{language}: {_one_line(summary)} -> {directory}")
+    if not lead:
+        return 0
     _write_report(output, summaries, markdown_table, plot_pass_at_k)
     if all("skipped" in s for s in summaries):
         # an exception, not a return value, so the status survives any caller of `func`
@@ -230,7 +236,10 @@ def _perplexity(args):
     window = args.window or predictor.context_length
     if not 2 <= window <= predictor.context_length:
         raise ValueError(f"--window must be between 2 and the model's context ({predictor.context_length})")
-    scores = perplexity(predictor.model, predictor.tokenizer, files, window, args.stride, progress=True)
+    lead = predictor.parallel.rank == 0   # a split model's ranks score together; rank 0 reports
+    scores = perplexity(predictor.model, predictor.tokenizer, files, window, args.stride, progress=lead)
+    if not lead:
+        return 0
     print(f"{'language':<12}{'files':>7}{'tokens':>10}{'perplexity':>12}")
     for language, score in sorted(scores.items(), key=lambda item: (item[0] == "all", item[0])):
         print(f"{language:<12}{score.files:>7}{score.tokens:>10}{score.perplexity:>12.3f}")

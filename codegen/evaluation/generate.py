@@ -72,8 +72,11 @@ def plan_batches(problems: list[Problem], wanted: Mapping[str, tuple[int, int]],
 
 def generate_samples(predictor, problems: list[Problem], path: str | Path, *, num_samples: int, config,
                      batch_size: int = 8, prompts: Mapping[str, str] | None = None, language_tag: bool = False,
-                     progress: bool = True) -> int:
+                     progress: bool = True, record: bool = True) -> int:
     """Bring `path` to `num_samples` samples per problem; returns how many were generated now.
+
+    With `record` False the same calls are made and nothing is written: the ranks of a split
+    model other than 0 compute every sample with rank 0, which alone writes them.
 
     `config` is a GenerationConfig; its `stop` is replaced by the language's stop
     sequences and its `num_return_sequences` by the batch plan. With a seed, each
@@ -92,7 +95,7 @@ def generate_samples(predictor, problems: list[Problem], path: str | Path, *, nu
     bar = _progress_bar(total, problems[0].language if problems else "", progress)
     written = 0
     try:
-        with open(path, "a", encoding="utf-8") as out:
+        with open(path if record else os.devnull, "a", encoding="utf-8") as out:
             for members, per_prompt in calls:
                 language = members[0][0].language
                 call_config = replace(config, num_return_sequences=per_prompt, stop=stop_sequences(language),
@@ -111,7 +114,8 @@ def generate_samples(predictor, problems: list[Problem], path: str | Path, *, nu
                         out.write(json.dumps(row, ensure_ascii=False) + "\n")
                         written += 1
                 out.flush()
-                os.fsync(out.fileno())
+                if record:
+                    os.fsync(out.fileno())
                 if bar is not None:
                     bar.update(sum(len(s) for s in results))
     finally:

@@ -209,12 +209,18 @@ def test_metrics_count_requests_tokens_latencies_and_prompt_cache_reuse(server_m
         for _ in range(2):
             usage = http.post(base + "/v1/completions", json=body).json()["usage"]
         assert http.post(base + "/v1/completions", json={"prompt": "x", "max_tokens": -1}).status_code == 400
+        # refused by the guards before routing: still counted under the route it was sent to
+        assert http.post(base + "/v1/completions", content=b"{}", headers={"Content-Type": "text/plain"}
+                         ).status_code == 415
+        assert http.get(base + "/no/such/route").status_code == 404
         response = http.get(base + "/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     lines = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
              for line in response.text.splitlines() if line and not line.startswith("#")}
     assert lines['codegen_requests_total{route="/v1/completions",status="200"}'] == 2
     assert lines['codegen_requests_total{route="/v1/completions",status="400"}'] == 1
+    assert lines['codegen_requests_total{route="/v1/completions",status="415"}'] == 1
+    assert lines['codegen_requests_total{route="unmatched",status="404"}'] == 1
     assert lines["codegen_prompt_tokens_total"] == 2 * usage["prompt_tokens"]
     assert lines["codegen_completion_tokens_total"] == 2 * usage["completion_tokens"]
     for histogram in ("time_to_first_token_seconds", "time_per_output_token_seconds", "queue_wait_seconds"):

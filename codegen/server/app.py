@@ -98,7 +98,7 @@ def create_app(settings: Settings, load=None, on_load_failure=None) -> FastAPI:
     app.state.api_keys = api_keys
     app.add_middleware(RequestGuards, max_body=settings.max_request_bytes, loopback_only=is_loopback(settings.host))
     # added last, so outermost: requests the guards refuse are counted too
-    app.add_middleware(RequestLog, metrics=metrics)
+    app.add_middleware(RequestLog, metrics=metrics, routes=app.routes)
 
     # -- errors: always OpenAI's error object, never a framework's own shape ---------
 

@@ -11,6 +11,7 @@ from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
+from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +70,14 @@ class RequestLog:
     """ASGI middleware: counts each answered request by route and status, and logs it with the
     fingerprint of the key that made it (`scope["state"]["key"]`, set when the key was checked)."""
 
-    def __init__(self, app, metrics: Metrics):
+    def __init__(self, app, metrics: Metrics, routes: list):
         self.app = app
         self.metrics = metrics
+        self.routes = routes
+
+    def _route_of(self, scope):
+        # a request the guards refused never reached the router, which names the route it takes
+        return next((route for route in self.routes if route.matches(scope)[0] != Match.NONE), None)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -86,7 +92,7 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_and_note_status)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = getattr(scope.get("route") or self._route_of(scope), "path", "unmatched")
             self.metrics.requests.labels(route, str(status[0])).inc()
             key = scope.get("state", {}).get("key")
             logger.info("%s %s %d key %s", scope["method"], scope["path"], status[0], key or "-")

@@ -76,11 +76,11 @@ EDITING_PROMPTS = {
 
 def clairvoyant(prompt: list[int], tokens: list[int], k: int) -> list[int]:
     """Tokens drafted at each forward pass that decodes `tokens` after `prompt` (the first token comes
-    from the prefill) when every draft is the longest one the model keeps (at most k) among the
-    continuations of the earlier occurrences of the text's last token, extended periodically past
-    the text's end as `Lookup` does. No drafter that copies earlier text needs fewer passes."""
-    done, drafts = 1, []
-    while done < len(tokens):
+    from the prefill) in the fewest passes (then the fewest drafted tokens) when a pass may draft any
+    part the model keeps (at most k) of the continuation of any earlier occurrence of the text's last
+    token, extended periodically past the text's end as `Lookup` does. No drafter that copies
+    earlier text needs fewer passes."""
+    def longest(done: int) -> int:
         text, future = prompt + tokens[:done], tokens[done:]
         room = min(k, len(future) - 1)     # the pass's own token comes after the drafts
         best = 0
@@ -92,8 +92,16 @@ def clairvoyant(prompt: list[int], tokens: list[int], k: int) -> list[int]:
             while kept < room and text[start + kept % period] == future[kept]:
                 kept += 1
             best = max(best, kept)
-        drafts.append(best)
-        done += best + 1
+        return best
+
+    # from the end back: (passes, drafted tokens, this pass's drafts) once `done` tokens are chosen
+    plan = {len(tokens): (0, 0, 0)}
+    for done in range(len(tokens) - 1, 0, -1):
+        plan[done] = min((1 + plan[done + 1 + d][0], d + plan[done + 1 + d][1], -d) for d in range(longest(done) + 1))
+    drafts, done = [], 1
+    while done < len(tokens):
+        drafts.append(-plan[done][2])
+        done += drafts[-1] + 1
     return drafts
 
 

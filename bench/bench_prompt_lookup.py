@@ -1,6 +1,6 @@
 """Prompt-lookup decoding on CPU: its speed-up on code-editing prompts, and what verifying drafts costs.
 
-    .venv/bin/python bench/bench_prompt_lookup.py [--part shipped,verify] [--repeats 5]
+    .venv/bin/python bench/bench_prompt_lookup.py [--part shipped,verify] [--repeats 5] [--cpu-time]
 
 shipped: the shipped codegen-stdlib-9M (the Predictor's default load: the fused
 CPU path) completes code-editing prompts greedily through the predictor's
@@ -10,7 +10,11 @@ write it again with a rename, or its first lines again; a class, then the reques
 to write it again with a method renamed). Reported per K:
 tokens/s of the whole request (prefill included) and of decoding alone, decode
 forward passes, and the drafts' acceptance rate (accepted / proposed). The texts
-must be equal, or the run fails.
+must be equal, or the run fails. Beside them, the bound of copying drafts: the
+passes a clairvoyant drafter would need (one that drafts, from whichever earlier
+occurrence of the last token in the prompt or the text so far, exactly the
+tokens the model goes on to choose), and the speed-up that would give at the
+shipped model's measured cost of a pass of n tokens (printed too, as in verify).
 
 verify: on the random codegen-350M-mono weights of bench_generation.py (made
 in --work if missing), fused int8 and fp32, batch 1 after a 64-token prompt:
@@ -70,12 +74,76 @@ EDITING_PROMPTS = {
 }
 
 
+def clairvoyant(prompt: list[int], tokens: list[int], k: int) -> list[int]:
+    """Tokens drafted at each forward pass that decodes `tokens` after `prompt` (the first token comes
+    from the prefill) in the fewest passes (then the fewest drafted tokens) when a pass may draft any
+    part the model keeps (at most k) of the continuation of any earlier occurrence of the text's last
+    token, extended periodically past the text's end as `Lookup` does. No drafter that copies
+    earlier text needs fewer passes."""
+    def longest(done: int) -> int:
+        text, future = prompt + tokens[:done], tokens[done:]
+        room = min(k, len(future) - 1)     # the pass's own token comes after the drafts
+        best = 0
+        for start in range(1, len(text)):
+            if text[start - 1] != text[-1]:
+                continue
+            period = len(text) - start
+            kept = 0
+            while kept < room and text[start + kept % period] == future[kept]:
+                kept += 1
+            best = max(best, kept)
+        return best
+
+    # from the end back: (passes, drafted tokens, this pass's drafts) once `done` tokens are chosen
+    plan = {len(tokens): (0, 0, 0)}
+    for done in range(len(tokens) - 1, 0, -1):
+        plan[done] = min((1 + plan[done + 1 + d][0], d + plan[done + 1 + d][1], -d) for d in range(longest(done) + 1))
+    drafts, done = [], 1
+    while done < len(tokens):
+        drafts.append(-plan[done][2])
+        done += drafts[-1] + 1
+    return drafts
+
+
+def pass_times(model, cache, shapes: list[tuple[int, int]], repeats: int, clock) -> dict[tuple[int, int], float]:
+    """Best time (s, by `clock`) of one forward pass feeding rows x n random tokens after what `cache` holds (its
+    first rows), with every position's logits, for each (rows, n) in `shapes`, alternating; the cache
+    is rolled back after each pass, so every pass sees the same positions."""
+    import numpy as np
+    import paddle
+
+    rng = np.random.default_rng(0)
+    past = cache.length
+    times: dict[tuple[int, int], float] = {}
+    with paddle.no_grad():
+        for _ in range(repeats):
+            for rows, n in shapes:
+                view = cache.rows(0, rows)
+                ids = paddle.to_tensor(rng.integers(0, model.config.vocab_size, (rows, n)), dtype="int64")
+                start = clock()
+                model(ids, None, view, last_only=False).numpy()
+                times[rows, n] = min(times.get((rows, n), float("inf")), clock() - start)
+                cache.truncate(past)    # a view over every row is the cache itself
+    return times
+
+
 def shipped(args) -> list[dict]:
+    import numpy as np
+    import paddle
+
     from codegen.generation import Batch, GenerationConfig
     from codegen.predictor import Predictor
 
     predictor = Predictor()
-    results = []
+    model = predictor.model
+    # what a pass of n tokens costs this model, after a prompt as long as the editing ones
+    cache = model.new_cache(1, 256)
+    with paddle.no_grad():
+        model(paddle.to_tensor(np.arange(150, dtype=np.int64)[None]), None, cache, last_only=True)
+    times = pass_times(model, cache, [(1, n) for n in range(1, max(args.k) + 2)], args.repeats * 20, args.clock)
+    cost = {n: t for (_, n), t in times.items()}
+    results = [{"part": "shipped-verify", "tokens_per_row": n, "ms": round(t * 1000, 3),
+                "vs_one_decode_step": round(t / cost[1], 2)} for n, t in cost.items()]
     for name, text in EDITING_PROMPTS.items():
         ids = predictor.tokenizer.encode(text)
         config = GenerationConfig(max_new_tokens=args.new_tokens)
@@ -83,28 +151,37 @@ def shipped(args) -> list[dict]:
         for _ in range(args.repeats):
             for k in args.k:
                 batch = Batch(predictor.model, predictor.tokenizer)
-                start = time.perf_counter()
+                start = args.clock()
                 (row,) = batch.add(ids, replace(config, prompt_lookup_num_tokens=k))
                 batch.step()        # the prompt's prefill and first token (the batch joins it next step)
-                first = time.perf_counter()
+                first = args.clock()
                 while batch:
                     batch.step()
-                end = time.perf_counter()
-                runs[k].append((end - start, end - first, row.sequence(), batch))
+                end = args.clock()
+                runs[k].append((end - start, end - first, row.sequence(), batch, row))
         texts = {k: runs[k][0][2].text for k in args.k}
         if len(set(texts.values())) != 1:
             raise SystemExit(f"{name}: prompt lookup changed the greedy text: {texts}")
-        plain_total = min(run[0] for run in runs[0])
+        plain_total, plain_decode, _, plain_batch, row = min(runs[0], key=lambda run: run[0])
+        plain_step = plain_decode / plain_batch.decode_steps
         for k in args.k:
-            total, decode, sequence, batch = min(runs[k], key=lambda run: run[0])
+            total, decode, sequence, batch, _ = min(runs[k], key=lambda run: run[0])
             tokens = len(sequence.token_ids)
-            results.append({
+            result = {
                 "part": "shipped", "prompt": name, "prompt_tokens": len(ids), "k": k, "new_tokens": tokens,
                 "tokens_per_s": round(tokens / total, 1), "decode_tokens_per_s": round((tokens - 1) / decode, 1),
                 "speedup_vs_plain": round(plain_total / total, 2), "decode_steps": batch.decode_steps,
                 "drafted": batch.drafted, "accepted": batch.accepted,
                 "acceptance": round(batch.accepted / batch.drafted, 3) if batch.drafted else None,
-            })
+            }
+            if k:
+                # plain greedy's request with its steps replaced by the clairvoyant passes, each costing a
+                # plain step times what its width costs the model against one token
+                drafts = clairvoyant(row.prompt, row.tokens, k)
+                bound = plain_total - plain_decode + plain_step * sum(cost[1 + d] / cost[1] for d in drafts)
+                result.update({"clairvoyant_decode_steps": len(drafts), "clairvoyant_drafted": sum(drafts),
+                               "clairvoyant_speedup": round(plain_total / bound, 2)})
+            results.append(result)
     return results
 
 
@@ -129,25 +206,14 @@ def verify_cost(args) -> list[dict]:
         fmt = format_name(dtype)
         model = load_planned(weights, read_config(weights), Plan("fused-cpu", "cpu", linears=fmt,
                                                                   head=lm_head_dtype(fmt, None)))
-        rng = np.random.default_rng(0)
-        prompt = paddle.to_tensor(rng.integers(0, 50000, (1, 64)), dtype="int64")
-        times: dict[tuple[int, int], list[float]] = {}
-        shapes = [(1, n) for n in args.widths] + [(2, 9)]
+        prompt = paddle.to_tensor(np.random.default_rng(0).integers(0, 50000, (1, 64)), dtype="int64")
         cache = model.new_cache(2, 64 + max(args.widths))
         with paddle.no_grad():
             model(paddle.concat([prompt, prompt]), None, cache, last_only=True)
-            for _ in range(args.repeats):
-                for rows, n in shapes:
-                    view = cache.rows(0, rows)
-                    ids = paddle.to_tensor(rng.integers(0, 50000, (rows, n)), dtype="int64")
-                    start = time.perf_counter()
-                    model(ids, None, view, last_only=False).numpy()
-                    times.setdefault((rows, n), []).append(time.perf_counter() - start)
-                    cache.truncate(64)      # roll back: a view over every row is the cache itself
-        one = min(times[(1, 1)])
-        for (rows, n), values in times.items():
+        times = pass_times(model, cache, [(1, n) for n in args.widths] + [(2, 9)], args.repeats, args.clock)
+        for (rows, n), best in times.items():
             results.append({"part": "verify", "weights": dtype, "rows": rows, "tokens_per_row": n,
-                            "ms": round(min(values) * 1000, 2), "vs_one_decode_step": round(min(values) / one, 2)})
+                            "ms": round(best * 1000, 2), "vs_one_decode_step": round(best / times[1, 1], 2)})
         del model
     return results
 
@@ -162,7 +228,11 @@ def main():
     parser.add_argument("--widths", default=[1, 2, 5, 9, 16, 17], type=lambda s: [int(n) for n in s.split(",")])
     parser.add_argument("--work", type=Path, default=Path("/tmp/codegen-bench-generation"))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with the process's CPU time instead of the wall clock: steadier on a shared "
+                             "machine; run it with OMP_NUM_THREADS=1, or the threads' spinning counts too")
     args = parser.parse_args()
+    args.clock = time.process_time if args.cpu_time else time.perf_counter
     if args.k[0] != 0:
         parser.error("--k must start with 0: plain greedy is the baseline")
     for part in args.part.split(","):

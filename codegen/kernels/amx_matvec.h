@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "amx.h"
@@ -66,25 +67,36 @@ KERN_TARGET_AMX inline void transpose16(__m512 r[16]) {
   for (int i = 0; i < 16; ++i) r[i] = t[i];
 }
 
-// The int16 activation rows as B tiles, one tile per 64 columns. A B tile holds
-// the 64 columns as 16 rows of 4 consecutive values per activation row (its
-// columns): tile t's row j, column n is x[n][64 t + 4 j .. 64 t + 4 j + 3].
-// Columns past the last whole 64 are left to `dot_rows`' tail.
+// The int16 activation rows as B tiles, one pair (low bytes, high bytes) per 64
+// columns. A B tile holds the 64 columns as 16 rows of 4 consecutive values per
+// activation row (its columns): tile t's row j, column n is
+// x[n][64 t + 4 j .. 64 t + 4 j + 3]. Columns past the last whole 64 are left to
+// `dot_rows`' tail.
+//
+// A tile row starts `row_bytes` after the one before: 4 x rows rounded up to a power of two,
+// so no row straddles two cache lines. Packed tight (36 bytes for 9 rows), most rows did, and
+// a tile load split them: the two B loads of a step took longer than its four multiplies, and
+// with the weights in L1 a step of 9 rows took 46-61 ns instead of 25 (aligned, the multiplies'
+// own time is 20).
 struct PackedActivations {
-  int64_t rows = 0, cols = 0;
-  std::vector<uint8_t> lo;  // low bytes of the int16 values
-  std::vector<int8_t> hi;   // high bytes (the value's sign)
+  int64_t rows = 0, cols = 0, row_bytes = 0;
 
-  int64_t tile_bytes() const { return kTileRows * 4 * rows; }
+  int64_t tile_bytes() const { return kTileRows * row_bytes; }
+  // tile t's low bytes of the int16 values; its high bytes (their sign) follow at `hi`
+  const uint8_t* lo(int64_t t) const { return base() + 2 * t * tile_bytes(); }
+  const int8_t* hi(int64_t t) const { return reinterpret_cast<const int8_t*>(lo(t) + tile_bytes()); }
 
   // A tile's B operand is a 16 x 16 transpose of 4-byte groups: for each activation row n,
   // its 64 values' low (high) bytes are 16 groups, which become column n of the tile.
   KERN_TARGET_AMX void pack(const int16_t* x, int64_t x_rows, int64_t x_cols) {
     rows = x_rows;
     cols = x_cols;
+    row_bytes = 4;
+    while (row_bytes < 4 * rows) row_bytes *= 2;
     const int64_t tiles = cols / kTileCols;
-    lo.resize(tiles * tile_bytes());
-    hi.resize(tiles * tile_bytes());
+    const int64_t size = 2 * tiles * tile_bytes() + 64;
+    // uninitialised: pack writes every byte a tile load reads (the padding past 4 x rows it reads not)
+    if (size > capacity_) bytes_.reset(new uint8_t[capacity_ = size]);
     const __mmask16 columns = static_cast<__mmask16>((1u << rows) - 1);
     for (int64_t t = 0; t < tiles; ++t) {
       __m512 l[kTileRows], h[kTileRows];
@@ -103,12 +115,19 @@ struct PackedActivations {
       }
       transpose16(l);
       transpose16(h);
+      uint8_t* out = base() + 2 * t * tile_bytes();
       for (int g = 0; g < kTileRows; ++g) {
-        _mm512_mask_storeu_ps(lo.data() + t * tile_bytes() + g * 4 * rows, columns, l[g]);
-        _mm512_mask_storeu_ps(hi.data() + t * tile_bytes() + g * 4 * rows, columns, h[g]);
+        _mm512_mask_storeu_ps(out + g * row_bytes, columns, l[g]);
+        _mm512_mask_storeu_ps(out + tile_bytes() + g * row_bytes, columns, h[g]);
       }
     }
   }
+
+ private:
+  std::unique_ptr<uint8_t[]> bytes_;  // the tiles from its first 64-byte boundary on
+  int64_t capacity_ = 0;
+  uint8_t* base() { return bytes_.get() + (-reinterpret_cast<uintptr_t>(bytes_.get()) & 63); }
+  const uint8_t* base() const { return const_cast<PackedActivations*>(this)->base(); }
 };
 
 // Tiles 0-3 accumulate (lo and hi sums of two 16-row groups), 4-5 hold weights, 6-7 activations.
@@ -155,14 +174,18 @@ KERN_TARGET_AMX inline void add_tile_sums(const TileSums& sums, int64_t* dots) {
 // from 31 to 27 ms per 300 MB of weights on one thread (2 to 10 tried; 3 to 6 about even).
 constexpr int64_t kPrefetchTiles = 3;
 
-// dots[i * kTileRows + m] += exact dot of weight row i (< G * 16) with activation row m.
-// `x16` is the unpacked int16 form, for the columns past the last whole tile. Needs
-// `Tiles(matvec_config(x.rows))` on this thread.
+// The exact dot of weight row i (< G * 16) with activation row m is
+// hi[i][m] * 256 + lo[i][m] of `sums[i / 16]`, plus carry[i * kTileRows + m] when there is a
+// carry: the int64 sums of the column blocks before the last and of the columns past the last
+// whole tile (rows of 1,024 or 4,096 have neither: `carry` null, as `needs_carry` says).
+// `x16` is the unpacked int16 form, for those columns. Needs `Tiles(matvec_config(x.rows))`
+// on this thread.
 template <int G>
 KERN_TARGET_AMX void dot_rows(const int8_t* w, int64_t stride, const PackedActivations& x, const int16_t* x16,
-                              int64_t* dots, const char* prefetch_end) {
+                              TileSums (&sums)[G], int64_t* carry, const char* prefetch_end) {
   static_assert(G == 1 || G == 2, "two 16-row groups fill the eight tiles");
-  const int64_t k = x.cols, tiles = k / kTileCols, n = x.rows, b_stride = 4 * n;
+  const int64_t k = x.cols, tiles = k / kTileCols, n = x.rows, b_stride = x.row_bytes;
+  if (tiles == 0) std::fill(std::begin(sums), std::end(sums), TileSums{});  // rows shorter than a tile
   for (int64_t t0 = 0; t0 < tiles; t0 += kBlockCols / kTileCols) {
     const int64_t t1 = std::min(tiles, t0 + kBlockCols / kTileCols);
     _tile_zero(0);
@@ -180,8 +203,8 @@ KERN_TARGET_AMX void dot_rows(const int8_t* w, int64_t stride, const PackedActiv
           reinterpret_cast<const char*>(w) + ta / tiles * G * kTileRows * stride + ta % tiles * kTileCols;
       for (int i = 0; i < G * kTileRows; ++i)
         if (ahead + i * stride < prefetch_end) _mm_prefetch(ahead + i * stride, _MM_HINT_T0);
-      _tile_loadd(6, x.lo.data() + t * x.tile_bytes(), b_stride);
-      _tile_loadd(7, x.hi.data() + t * x.tile_bytes(), b_stride);
+      _tile_loadd(6, x.lo(t), b_stride);
+      _tile_loadd(7, x.hi(t), b_stride);
       _tile_loadd(4, wt, stride);
       _tile_dpbsud(0, 4, 6);
       _tile_dpbssd(1, 4, 7);
@@ -191,37 +214,50 @@ KERN_TARGET_AMX void dot_rows(const int8_t* w, int64_t stride, const PackedActiv
         _tile_dpbssd(3, 5, 7);
       }
     }
-    TileSums sums;
-    _tile_stored(0, sums.lo, sizeof sums.lo[0]);
-    _tile_stored(1, sums.hi, sizeof sums.hi[0]);
-    add_tile_sums(sums, dots);
+    _tile_stored(0, sums[0].lo, sizeof sums[0].lo[0]);
+    _tile_stored(1, sums[0].hi, sizeof sums[0].hi[0]);
     if constexpr (G == 2) {
-      _tile_stored(2, sums.lo, sizeof sums.lo[0]);
-      _tile_stored(3, sums.hi, sizeof sums.hi[0]);
-      add_tile_sums(sums, dots + kTileRows * kTileRows);
+      _tile_stored(2, sums[1].lo, sizeof sums[1].lo[0]);
+      _tile_stored(3, sums[1].hi, sizeof sums[1].hi[0]);
     }
+    if (t1 < tiles)
+      for (int g = 0; g < G; ++g) add_tile_sums(sums[g], carry + g * kTileRows * kTileRows);
   }
   if (tiles * kTileCols == k) return;
   for (int i = 0; i < G * kTileRows; ++i)
     for (int64_t m = 0; m < n; ++m) {
       int64_t tail = 0;
       for (int64_t j = tiles * kTileCols; j < k; ++j) tail += int64_t{w[i * stride + j]} * x16[m * k + j];
-      dots[i * kTileRows + m] += tail;
+      carry[i * kTileRows + m] += tail;
     }
 }
 
-// y[m * ldy + r0 + i] = w_scale[r0 + i] * xs[m] * float(dots[i * 16 + m]) for i < count and
-// m < n (int8_dot_result in matvec.h, 16 activation rows at a time, in the same order of
-// operations), transposed into one contiguous run of y per activation row.
-KERN_TARGET_AMX inline void store_results(const int64_t* dots, int64_t r0, int64_t count, const float* w_scale,
-                                          const float xs[kTileRows], int64_t n, float* y, int64_t ldy) {
+// Whether dot_rows needs a carry for rows of `cols`
+inline bool needs_carry(int64_t cols) { return cols > kBlockCols || cols % kTileCols; }
+
+// y[m * ldy + r0 + i] = w_scale[r0 + i] * xs[m] * float(dot) for i < count and m < n, the
+// exact dot of weight row i with activation row m as dot_rows left it in `sums` (+ `carry`)
+// (int8_dot_result in matvec.h, 16 activation rows at a time, in the same order of
+// operations), transposed into one contiguous run of y per activation row. The sums are
+// joined here, not first stored as int64 and read back: that round trip was ~10% of a
+// 9-row matvec of weights in L2.
+KERN_TARGET_AMX inline void store_results(const TileSums& sums, const int64_t* carry, int64_t r0, int64_t count,
+                                          const float* w_scale, const float xs[kTileRows], int64_t n, float* y,
+                                          int64_t ldy) {
   const __m512 x_scale = _mm512_loadu_ps(xs);
   __m512 v[kTileRows];
   for (int i = 0; i < kTileRows; ++i) {
     const __m512 ws = _mm512_set1_ps(i < count ? w_scale[r0 + i] : 0.0f);
-    const __m512 dot = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtepi64_ps(_mm512_loadu_si512(dots + i * kTileRows))),
-                                          _mm512_cvtepi64_ps(_mm512_loadu_si512(dots + i * kTileRows + 8)), 1);
-    v[i] = _mm512_mul_ps(_mm512_mul_ps(ws, x_scale), dot);
+    const __m512i l = _mm512_load_si512(sums.lo[i]), h = _mm512_load_si512(sums.hi[i]);
+    __m256 dot[2];
+    for (int half = 0; half < 2; ++half) {
+      const __m256i l8 = half ? _mm512_extracti64x4_epi64(l, 1) : _mm512_castsi512_si256(l),
+                    h8 = half ? _mm512_extracti64x4_epi64(h, 1) : _mm512_castsi512_si256(h);
+      __m512i d = _mm512_add_epi64(_mm512_slli_epi64(_mm512_cvtepi32_epi64(h8), 8), _mm512_cvtepi32_epi64(l8));
+      if (carry) d = _mm512_add_epi64(d, _mm512_loadu_si512(carry + i * kTileRows + 8 * half));
+      dot[half] = _mm512_cvtepi64_ps(d);
+    }
+    v[i] = _mm512_mul_ps(_mm512_mul_ps(ws, x_scale), _mm512_insertf32x8(_mm512_castps256_ps512(dot[0]), dot[1], 1));
   }
   transpose16(v);
   const __mmask16 rows = count >= kTileRows ? 0xffff : (1u << count) - 1;
@@ -238,26 +274,33 @@ KERN_TARGET_AMX inline void int8_matvec(const int8_t* w, int64_t stride, const f
   const char* end = reinterpret_cast<const char*>(w + row_end * stride);
   float xs[kTileRows] = {};
   std::copy(x_scale, x_scale + x.rows, xs);
-  int64_t dots[2 * kTileRows * kTileRows];
+  TileSums sums[2];
+  int64_t carry_sums[2 * kTileRows * kTileRows];
+  int64_t* carry = needs_carry(x.cols) ? carry_sums : nullptr;
+  const auto clear_carry = [&] {
+    if (carry) std::fill(std::begin(carry_sums), std::end(carry_sums), 0);
+  };
   int64_t r = row_begin;
   for (; r + 2 * kTileRows <= row_end; r += 2 * kTileRows) {
-    std::fill(std::begin(dots), std::end(dots), 0);
-    dot_rows<2>(w + r * stride, stride, x, x16, dots, end);
-    store_results(dots, r, kTileRows, w_scale, xs, x.rows, y, ldy);
-    store_results(dots + kTileRows * kTileRows, r + kTileRows, kTileRows, w_scale, xs, x.rows, y, ldy);
+    clear_carry();
+    dot_rows<2>(w + r * stride, stride, x, x16, sums, carry, end);
+    store_results(sums[0], carry, r, kTileRows, w_scale, xs, x.rows, y, ldy);
+    store_results(sums[1], carry ? carry + kTileRows * kTileRows : nullptr, r + kTileRows, kTileRows, w_scale, xs,
+                  x.rows, y, ldy);
   }
   for (; r < row_end; r += kTileRows) {
-    std::fill(std::begin(dots), std::end(dots), 0);
+    clear_carry();
+    TileSums(&one)[1] = reinterpret_cast<TileSums(&)[1]>(sums[0]);
     if (r + kTileRows <= row_end) {
-      dot_rows<1>(w + r * stride, stride, x, x16, dots, end);
+      dot_rows<1>(w + r * stride, stride, x, x16, one, carry, end);
     } else {
       // the last few rows, zero-padded to a whole tile
       thread_local std::vector<int8_t> padded;
       padded.assign(kTileRows * x.cols, 0);
       for (int64_t i = 0; r + i < row_end; ++i) std::memcpy(&padded[i * x.cols], w + (r + i) * stride, x.cols);
-      dot_rows<1>(padded.data(), x.cols, x, x16, dots, nullptr);
+      dot_rows<1>(padded.data(), x.cols, x, x16, one, carry, nullptr);
     }
-    store_results(dots, r, std::min<int64_t>(kTileRows, row_end - r), w_scale, xs, x.rows, y, ldy);
+    store_results(sums[0], carry, r, std::min<int64_t>(kTileRows, row_end - r), w_scale, xs, x.rows, y, ldy);
   }
 }
 

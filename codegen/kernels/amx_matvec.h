@@ -130,13 +130,12 @@ struct PackedActivations {
   const uint8_t* base() const { return const_cast<PackedActivations*>(this)->base(); }
 };
 
-// Tiles 0-3 accumulate (lo and hi sums of two 16-row groups), 4-5 hold weights, 6-7 activations.
+// Tile 0 sums the lo products, 1 the hi ones, 2 holds weights, 3 and 4 the lo and hi activations.
 inline TileConfig matvec_config(int64_t activation_rows) {
   TileConfig c;
-  const uint16_t b_bytes = static_cast<uint16_t>(4 * activation_rows);
-  for (int t = 0; t < 8; ++t) {
+  for (int t = 0; t < 5; ++t) {
     c.rows[t] = kTileRows;
-    c.bytes_per_row[t] = (t == 4 || t == 5) ? kTileCols : b_bytes;
+    c.bytes_per_row[t] = t == 2 ? kTileCols : static_cast<uint16_t>(4 * activation_rows);
   }
   return c;
 }
@@ -146,7 +145,7 @@ inline TileConfig matvec_config(int64_t activation_rows) {
 // sums (at most 128 * 128 each) far below. Longer rows are summed a block at a time.
 constexpr int64_t kBlockCols = 32768;
 
-// The lo and hi sums of an accumulator pair, stored from their tiles
+// The lo and hi sums of the accumulator tiles, stored
 struct TileSums {
   alignas(64) int32_t lo[kTileRows][kTileRows], hi[kTileRows][kTileRows];
 };
@@ -170,61 +169,48 @@ KERN_TARGET_AMX inline void add_tile_sums(const TileSums& sums, int64_t* dots) {
 // that misses L1 holds up the tile multiplies queued behind it, so reading memory and
 // multiplying took turns: on one core tile loads alone streamed ~15 GB/s, the multiplies on
 // weights in L2 ~25 GB/s, the two together ~10. Prefetching the next block of rows into L2
-// (32 KB ahead) did not change that; 3 column blocks ahead into L1 (96 lines) took 9 rows
-// from 31 to 27 ms per 300 MB of weights on one thread (2 to 10 tried; 3 to 6 about even).
+// (32 KB ahead) did not change that; 3 column blocks ahead into L1 took 9 rows from 31 to
+// 27 ms per 300 MB of weights on one thread (2 to 10 tried; 2 to 6 about even).
 constexpr int64_t kPrefetchTiles = 3;
 
-// The exact dot of weight row i (< G * 16) with activation row m is
-// hi[i][m] * 256 + lo[i][m] of `sums[i / 16]`, plus carry[i * kTileRows + m] when there is a
-// carry: the int64 sums of the column blocks before the last and of the columns past the last
-// whole tile (rows of 1,024 or 4,096 have neither: `carry` null, as `needs_carry` says).
-// `x16` is the unpacked int16 form, for those columns. Needs `Tiles(matvec_config(x.rows))`
-// on this thread.
-template <int G>
-KERN_TARGET_AMX void dot_rows(const int8_t* w, int64_t stride, const PackedActivations& x, const int16_t* x16,
-                              TileSums (&sums)[G], int64_t* carry, const char* prefetch_end) {
-  static_assert(G == 1 || G == 2, "two 16-row groups fill the eight tiles");
+// The exact dot of weight row i (< 16) with activation row m is hi[i][m] * 256 + lo[i][m] of
+// `sums`, plus carry[i * kTileRows + m] when there is a carry: the int64 sums of the column
+// blocks before the last and of the columns past the last whole tile (rows of 1,024 or 4,096
+// have neither: `carry` null, as `needs_carry` says). `x16` is the unpacked int16 form, for
+// those columns. Needs `Tiles(matvec_config(x.rows))` on this thread.
+//
+// One tile of 16 weight rows a step, not two sharing the activation tiles: the rows are a
+// row's length apart, 1 KB for most of the 350M model's, so a step's lines all fall in 4 of
+// L1's 64 sets; with 32 rows, 8 lines a set each step (prefetched 3 steps ahead) beside the
+// activation tiles' share of the set overflowed its 12 ways. 16 rows were 18% faster (9 rows
+// of weights in L3: 20 -> 24 GB/s a core; in L2 31 -> 39; from memory the same, ~11).
+KERN_TARGET_AMX inline void dot_rows(const int8_t* w, int64_t stride, const PackedActivations& x, const int16_t* x16,
+                                     TileSums& sums, int64_t* carry, const char* prefetch_end) {
   const int64_t k = x.cols, tiles = k / kTileCols, n = x.rows, b_stride = x.row_bytes;
-  if (tiles == 0) std::fill(std::begin(sums), std::end(sums), TileSums{});  // rows shorter than a tile
+  if (tiles == 0) sums = TileSums{};  // rows shorter than a tile
   for (int64_t t0 = 0; t0 < tiles; t0 += kBlockCols / kTileCols) {
     const int64_t t1 = std::min(tiles, t0 + kBlockCols / kTileCols);
     _tile_zero(0);
     _tile_zero(1);
-    if constexpr (G == 2) {
-      _tile_zero(2);
-      _tile_zero(3);
-    }
     for (int64_t t = t0; t < t1; ++t) {
-      const int8_t* wt = w + t * kTileCols;
-      // the lines of the column block kPrefetchTiles on (past the last: into the next block of
-      // rows, int8_matvec walks them in order), into L1: see kPrefetchTiles
+      // the lines of the column block kPrefetchTiles on (past the last: into the next 16 rows,
+      // int8_matvec walks them in order), into L1: see kPrefetchTiles
       const int64_t ta = t + kPrefetchTiles;
-      const char* ahead =
-          reinterpret_cast<const char*>(w) + ta / tiles * G * kTileRows * stride + ta % tiles * kTileCols;
-      for (int i = 0; i < G * kTileRows; ++i)
+      const char* ahead = reinterpret_cast<const char*>(w) + ta / tiles * kTileRows * stride + ta % tiles * kTileCols;
+      for (int i = 0; i < kTileRows; ++i)
         if (ahead + i * stride < prefetch_end) _mm_prefetch(ahead + i * stride, _MM_HINT_T0);
-      _tile_loadd(6, x.lo(t), b_stride);
-      _tile_loadd(7, x.hi(t), b_stride);
-      _tile_loadd(4, wt, stride);
-      _tile_dpbsud(0, 4, 6);
-      _tile_dpbssd(1, 4, 7);
-      if constexpr (G == 2) {
-        _tile_loadd(5, wt + kTileRows * stride, stride);
-        _tile_dpbsud(2, 5, 6);
-        _tile_dpbssd(3, 5, 7);
-      }
+      _tile_loadd(3, x.lo(t), b_stride);
+      _tile_loadd(4, x.hi(t), b_stride);
+      _tile_loadd(2, w + t * kTileCols, stride);
+      _tile_dpbsud(0, 2, 3);
+      _tile_dpbssd(1, 2, 4);
     }
-    _tile_stored(0, sums[0].lo, sizeof sums[0].lo[0]);
-    _tile_stored(1, sums[0].hi, sizeof sums[0].hi[0]);
-    if constexpr (G == 2) {
-      _tile_stored(2, sums[1].lo, sizeof sums[1].lo[0]);
-      _tile_stored(3, sums[1].hi, sizeof sums[1].hi[0]);
-    }
-    if (t1 < tiles)
-      for (int g = 0; g < G; ++g) add_tile_sums(sums[g], carry + g * kTileRows * kTileRows);
+    _tile_stored(0, sums.lo, sizeof sums.lo[0]);
+    _tile_stored(1, sums.hi, sizeof sums.hi[0]);
+    if (t1 < tiles) add_tile_sums(sums, carry);
   }
   if (tiles * kTileCols == k) return;
-  for (int i = 0; i < G * kTileRows; ++i)
+  for (int i = 0; i < kTileRows; ++i)
     for (int64_t m = 0; m < n; ++m) {
       int64_t tail = 0;
       for (int64_t j = tiles * kTileCols; j < k; ++j) tail += int64_t{w[i * stride + j]} * x16[m * k + j];
@@ -274,33 +260,21 @@ KERN_TARGET_AMX inline void int8_matvec(const int8_t* w, int64_t stride, const f
   const char* end = reinterpret_cast<const char*>(w + row_end * stride);
   float xs[kTileRows] = {};
   std::copy(x_scale, x_scale + x.rows, xs);
-  TileSums sums[2];
-  int64_t carry_sums[2 * kTileRows * kTileRows];
+  TileSums sums;
+  int64_t carry_sums[kTileRows * kTileRows];
   int64_t* carry = needs_carry(x.cols) ? carry_sums : nullptr;
-  const auto clear_carry = [&] {
+  for (int64_t r = row_begin; r < row_end; r += kTileRows) {
     if (carry) std::fill(std::begin(carry_sums), std::end(carry_sums), 0);
-  };
-  int64_t r = row_begin;
-  for (; r + 2 * kTileRows <= row_end; r += 2 * kTileRows) {
-    clear_carry();
-    dot_rows<2>(w + r * stride, stride, x, x16, sums, carry, end);
-    store_results(sums[0], carry, r, kTileRows, w_scale, xs, x.rows, y, ldy);
-    store_results(sums[1], carry ? carry + kTileRows * kTileRows : nullptr, r + kTileRows, kTileRows, w_scale, xs,
-                  x.rows, y, ldy);
-  }
-  for (; r < row_end; r += kTileRows) {
-    clear_carry();
-    TileSums(&one)[1] = reinterpret_cast<TileSums(&)[1]>(sums[0]);
     if (r + kTileRows <= row_end) {
-      dot_rows<1>(w + r * stride, stride, x, x16, one, carry, end);
+      dot_rows(w + r * stride, stride, x, x16, sums, carry, end);
     } else {
       // the last few rows, zero-padded to a whole tile
       thread_local std::vector<int8_t> padded;
       padded.assign(kTileRows * x.cols, 0);
       for (int64_t i = 0; r + i < row_end; ++i) std::memcpy(&padded[i * x.cols], w + (r + i) * stride, x.cols);
-      dot_rows<1>(padded.data(), x.cols, x, x16, one, carry, nullptr);
+      dot_rows(padded.data(), x.cols, x, x16, sums, carry, nullptr);
     }
-    store_results(sums[0], carry, r, std::min<int64_t>(kTileRows, row_end - r), w_scale, xs, x.rows, y, ldy);
+    store_results(sums, carry, r, std::min<int64_t>(kTileRows, row_end - r), w_scale, xs, x.rows, y, ldy);
   }
 }
 

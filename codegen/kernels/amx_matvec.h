@@ -260,22 +260,34 @@ KERN_TARGET_AMX inline void int8_matvec(const int8_t* w, int64_t stride, const f
   const char* end = reinterpret_cast<const char*>(w + row_end * stride);
   float xs[kTileRows] = {};
   std::copy(x_scale, x_scale + x.rows, xs);
-  TileSums sums;
-  int64_t carry_sums[kTileRows * kTileRows];
-  int64_t* carry = needs_carry(x.cols) ? carry_sums : nullptr;
+  // Each 16 rows' sums are scaled and stored after the next 16 rows' tile work is queued:
+  // read right after their tile store, they held the vector epilogue up until the store was done.
+  TileSums sums[2];
+  int64_t carry_sums[2][kTileRows * kTileRows];
+  const bool with_carry = needs_carry(x.cols);
+  int64_t pending = -1;  // the first row of the 16 not yet stored
+  const auto store_pending = [&] {
+    const int b = (pending / kTileRows) & 1;
+    store_results(sums[b], with_carry ? carry_sums[b] : nullptr, pending, std::min<int64_t>(kTileRows, row_end - pending),
+                  w_scale, xs, x.rows, y, ldy);
+  };
   for (int64_t r = row_begin; r < row_end; r += kTileRows) {
-    if (carry) std::fill(std::begin(carry_sums), std::end(carry_sums), 0);
+    const int b = (r / kTileRows) & 1;
+    int64_t* carry = with_carry ? carry_sums[b] : nullptr;
+    if (carry) std::fill(carry, carry + kTileRows * kTileRows, 0);
     if (r + kTileRows <= row_end) {
-      dot_rows(w + r * stride, stride, x, x16, sums, carry, end);
+      dot_rows(w + r * stride, stride, x, x16, sums[b], carry, end);
     } else {
       // the last few rows, zero-padded to a whole tile
       thread_local std::vector<int8_t> padded;
       padded.assign(kTileRows * x.cols, 0);
       for (int64_t i = 0; r + i < row_end; ++i) std::memcpy(&padded[i * x.cols], w + (r + i) * stride, x.cols);
-      dot_rows(padded.data(), x.cols, x, x16, sums, carry, nullptr);
+      dot_rows(padded.data(), x.cols, x, x16, sums[b], carry, nullptr);
     }
-    store_results(sums, carry, r, std::min<int64_t>(kTileRows, row_end - r), w_scale, xs, x.rows, y, ldy);
+    if (pending >= 0) store_pending();
+    pending = r;
   }
+  if (pending >= 0) store_pending();
 }
 
 }  // namespace kern::amx

@@ -11,6 +11,13 @@
 // two multiplies (tdpbssd for hi, tdpbsud for lo) give two int32 sums joined in
 // int64. The dot products are exact, so the result does not depend on how many
 // activation rows came in one call (the int8 matvec contract, matvec.h).
+//
+// What still separates 9 rows from 1 (the vector kernel), one core, 9 rows of 1,024: with the
+// weights in L3 (the 350M model's 327 MB mostly are, one thread) AMX streams ~24 GB/s against
+// ~28; from memory ~11.5 against ~13.5. The tile loop alone (no epilogue, one long call) reads
+// memory at 14.2 GB/s, so what is left is the epilogue (~10%: while it runs no prefetch goes
+// out) and the per-chunk calls (~3%); spreading the epilogue over the next rows' tile steps
+// gained 5% from memory and lost as much from L3, so it is not in.
 #pragma once
 
 #include <algorithm>
@@ -30,7 +37,8 @@ constexpr int kTileCols = 64;   // int8 weights per A tile row
 // costs the same for 1 or 16 rows, and tiles load 16 rows' streams at once. One thread,
 // 300 MB of int8 rows of 1,024: 1 row vector 21.6 ms, AMX 24; 3 rows vector 25.4, AMX 24.2;
 // 9 rows vector 42.8, AMX 26.9. The 350M model's forward pass (one thread) leans the other
-// way: 3 tokens vector 27.3 ms, AMX 28.6; 4 tokens about even (29.0, 28.6).
+// way: 3 tokens vector 27.3 ms, AMX 28.6; 4 tokens about even (29.0, 28.6). (Measured before
+// the 16-row steps and aligned activation tiles below made AMX ~20% faster; not measured again.)
 constexpr int kDefaultMinRows = 4;
 
 // Process-wide: the fewest activation rows an int8 matvec hands to AMX; 0: none (AMX not

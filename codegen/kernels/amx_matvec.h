@@ -14,10 +14,8 @@
 //
 // What still separates 9 rows from 1 (the vector kernel), one core, 9 rows of 1,024: with the
 // weights in L3 (the 350M model's 327 MB mostly are, one thread) AMX streams ~24 GB/s against
-// ~28; from memory ~11.5 against ~13.5. The tile loop alone (no epilogue, one long call) reads
-// memory at 14.2 GB/s, so what is left is the epilogue (~10%: while it runs no prefetch goes
-// out) and the per-chunk calls (~3%); spreading the epilogue over the next rows' tile steps
-// gained 5% from memory and lost as much from L3, so it is not in.
+// ~28; from memory ~12 against ~13.5. The tile loop alone (no epilogue, one long call) reads
+// memory at 14.2 GB/s; what is left is the epilogue (Results) and the per-chunk calls (~3%).
 #pragma once
 
 #include <algorithm>
@@ -181,11 +179,74 @@ KERN_TARGET_AMX inline void add_tile_sums(const TileSums& sums, int64_t* dots) {
 // 27 ms per 300 MB of weights on one thread (2 to 10 tried; 2 to 6 about even).
 constexpr int64_t kPrefetchTiles = 3;
 
+// Whether dot_rows needs a carry for rows of `cols`
+inline bool needs_carry(int64_t cols) { return cols > kBlockCols || cols % kTileCols; }
+
+// The results of 16 weight rows: y[m * ldy + r0 + i] = w_scale[r0 + i] * xs[m] * float(dot) for
+// i < count and m < n, the exact dot of weight row i with activation row m as dot_rows left it
+// in `sums` (+ `carry`) (int8_dot_result in matvec.h, 16 activation rows at a time, in the same
+// order of operations), transposed into one contiguous run of y per activation row. The sums are
+// joined here, not first stored as int64 and read back (that was ~10% of a 9-row matvec of
+// weights in L2).
+//
+// The next 16 rows' dot_rows scales one weight row's results per tile step (`scale_row`), in
+// the shadow of its tile loads: done all at once between two blocks of rows, the epilogue held
+// up the weights' prefetches, and a core streamed 9 rows from memory at 12.7 GB/s against 14.2
+// for the tile loop alone. In the 350M model's verify pass it took 9 tokens from 1.37-1.43x one
+// token to 1.32-1.35x (two threads), 1.34 to 1.27x (one).
+struct Results {
+  const float* w_scale;
+  __m512 x_scale;
+  int64_t n;
+  float* y;
+  int64_t ldy;
+  const TileSums* sums = nullptr;  // null: none pending
+  const int64_t* carry = nullptr;
+  int64_t r0 = 0, count = 0;
+  int scaled = kTileRows;  // weight rows whose results are in v
+  __m512 v[kTileRows];
+
+  void start(const TileSums& pending, const int64_t* pending_carry, int64_t first_row, int64_t rows) {
+    sums = &pending;
+    carry = pending_carry;
+    r0 = first_row;
+    count = rows;
+    scaled = 0;
+  }
+
+  KERN_TARGET_AMX void scale_row() {
+    if (scaled == kTileRows) return;
+    const int i = scaled++;
+    const __m512 ws = _mm512_set1_ps(i < count ? w_scale[r0 + i] : 0.0f);
+    const __m512i l = _mm512_load_si512(sums->lo[i]), h = _mm512_load_si512(sums->hi[i]);
+    __m256 dot[2];
+    for (int half = 0; half < 2; ++half) {
+      const __m256i l8 = half ? _mm512_extracti64x4_epi64(l, 1) : _mm512_castsi512_si256(l),
+                    h8 = half ? _mm512_extracti64x4_epi64(h, 1) : _mm512_castsi512_si256(h);
+      __m512i d = _mm512_add_epi64(_mm512_slli_epi64(_mm512_cvtepi32_epi64(h8), 8), _mm512_cvtepi32_epi64(l8));
+      if (carry) d = _mm512_add_epi64(d, _mm512_loadu_si512(carry + i * kTileRows + 8 * half));
+      dot[half] = _mm512_cvtepi64_ps(d);
+    }
+    v[i] = _mm512_mul_ps(_mm512_mul_ps(ws, x_scale), _mm512_insertf32x8(_mm512_castps256_ps512(dot[0]), dot[1], 1));
+  }
+
+  // scales the rows not scaled yet and stores them all; none pending after
+  KERN_TARGET_AMX void store() {
+    if (!sums) return;
+    while (scaled < kTileRows) scale_row();
+    transpose16(v);
+    const __mmask16 rows = count >= kTileRows ? 0xffff : (1u << count) - 1;
+    for (int64_t m = 0; m < n; ++m) _mm512_mask_storeu_ps(y + m * ldy + r0, rows, v[m]);
+    sums = nullptr;
+  }
+};
+
 // The exact dot of weight row i (< 16) with activation row m is hi[i][m] * 256 + lo[i][m] of
 // `sums`, plus carry[i * kTileRows + m] when there is a carry: the int64 sums of the column
 // blocks before the last and of the columns past the last whole tile (rows of 1,024 or 4,096
 // have neither: `carry` null, as `needs_carry` says). `x16` is the unpacked int16 form, for
-// those columns. Needs `Tiles(matvec_config(x.rows))` on this thread.
+// those columns. Scales `previous`' results as it goes (Results). Needs
+// `Tiles(matvec_config(x.rows))` on this thread.
 //
 // One tile of 16 weight rows a step, not two sharing the activation tiles: the rows are a
 // row's length apart, 1 KB for most of the 350M model's, so a step's lines all fall in 4 of
@@ -193,7 +254,7 @@ constexpr int64_t kPrefetchTiles = 3;
 // activation tiles' share of the set overflowed its 12 ways. 16 rows were 18% faster (9 rows
 // of weights in L3: 20 -> 24 GB/s a core; in L2 31 -> 39; from memory the same, ~11).
 KERN_TARGET_AMX inline void dot_rows(const int8_t* w, int64_t stride, const PackedActivations& x, const int16_t* x16,
-                                     TileSums& sums, int64_t* carry, const char* prefetch_end) {
+                                     TileSums& sums, int64_t* carry, const char* prefetch_end, Results& previous) {
   const int64_t k = x.cols, tiles = k / kTileCols, n = x.rows, b_stride = x.row_bytes;
   if (tiles == 0) sums = TileSums{};  // rows shorter than a tile
   for (int64_t t0 = 0; t0 < tiles; t0 += kBlockCols / kTileCols) {
@@ -212,6 +273,7 @@ KERN_TARGET_AMX inline void dot_rows(const int8_t* w, int64_t stride, const Pack
       _tile_loadd(2, w + t * kTileCols, stride);
       _tile_dpbsud(0, 2, 3);
       _tile_dpbssd(1, 2, 4);
+      previous.scale_row();
     }
     _tile_stored(0, sums.lo, sizeof sums.lo[0]);
     _tile_stored(1, sums.hi, sizeof sums.hi[0]);
@@ -226,38 +288,6 @@ KERN_TARGET_AMX inline void dot_rows(const int8_t* w, int64_t stride, const Pack
     }
 }
 
-// Whether dot_rows needs a carry for rows of `cols`
-inline bool needs_carry(int64_t cols) { return cols > kBlockCols || cols % kTileCols; }
-
-// y[m * ldy + r0 + i] = w_scale[r0 + i] * xs[m] * float(dot) for i < count and m < n, the
-// exact dot of weight row i with activation row m as dot_rows left it in `sums` (+ `carry`)
-// (int8_dot_result in matvec.h, 16 activation rows at a time, in the same order of
-// operations), transposed into one contiguous run of y per activation row. The sums are
-// joined here, not first stored as int64 and read back: that round trip was ~10% of a
-// 9-row matvec of weights in L2.
-KERN_TARGET_AMX inline void store_results(const TileSums& sums, const int64_t* carry, int64_t r0, int64_t count,
-                                          const float* w_scale, const float xs[kTileRows], int64_t n, float* y,
-                                          int64_t ldy) {
-  const __m512 x_scale = _mm512_loadu_ps(xs);
-  __m512 v[kTileRows];
-  for (int i = 0; i < kTileRows; ++i) {
-    const __m512 ws = _mm512_set1_ps(i < count ? w_scale[r0 + i] : 0.0f);
-    const __m512i l = _mm512_load_si512(sums.lo[i]), h = _mm512_load_si512(sums.hi[i]);
-    __m256 dot[2];
-    for (int half = 0; half < 2; ++half) {
-      const __m256i l8 = half ? _mm512_extracti64x4_epi64(l, 1) : _mm512_castsi512_si256(l),
-                    h8 = half ? _mm512_extracti64x4_epi64(h, 1) : _mm512_castsi512_si256(h);
-      __m512i d = _mm512_add_epi64(_mm512_slli_epi64(_mm512_cvtepi32_epi64(h8), 8), _mm512_cvtepi32_epi64(l8));
-      if (carry) d = _mm512_add_epi64(d, _mm512_loadu_si512(carry + i * kTileRows + 8 * half));
-      dot[half] = _mm512_cvtepi64_ps(d);
-    }
-    v[i] = _mm512_mul_ps(_mm512_mul_ps(ws, x_scale), _mm512_insertf32x8(_mm512_castps256_ps512(dot[0]), dot[1], 1));
-  }
-  transpose16(v);
-  const __mmask16 rows = count >= kTileRows ? 0xffff : (1u << count) - 1;
-  for (int64_t m = 0; m < n; ++m) _mm512_mask_storeu_ps(y + m * ldy + r0, rows, v[m]);
-}
-
 // y[m * ldy + r] = int8_dot_result(w_scale[r], x_scale[m], exact dot of weight row r with x16's
 // row m) for rows [row_begin, row_end) of `w` ([rows, x.cols], `stride` bytes from row to
 // row) and m < x.rows.
@@ -268,34 +298,27 @@ KERN_TARGET_AMX inline void int8_matvec(const int8_t* w, int64_t stride, const f
   const char* end = reinterpret_cast<const char*>(w + row_end * stride);
   float xs[kTileRows] = {};
   std::copy(x_scale, x_scale + x.rows, xs);
-  // Each 16 rows' sums are scaled and stored after the next 16 rows' tile work is queued:
-  // read right after their tile store, they held the vector epilogue up until the store was done.
-  TileSums sums[2];
+  TileSums sums[2];  // these 16 rows' and the previous 16's, whose results are pending
   int64_t carry_sums[2][kTileRows * kTileRows];
   const bool with_carry = needs_carry(x.cols);
-  int64_t pending = -1;  // the first row of the 16 not yet stored
-  const auto store_pending = [&] {
-    const int b = (pending / kTileRows) & 1;
-    store_results(sums[b], with_carry ? carry_sums[b] : nullptr, pending, std::min<int64_t>(kTileRows, row_end - pending),
-                  w_scale, xs, x.rows, y, ldy);
-  };
+  Results previous{w_scale, _mm512_loadu_ps(xs), x.rows, y, ldy};
   for (int64_t r = row_begin; r < row_end; r += kTileRows) {
-    const int b = (r / kTileRows) & 1;
+    const int b = (r - row_begin) / kTileRows % 2;
     int64_t* carry = with_carry ? carry_sums[b] : nullptr;
     if (carry) std::fill(carry, carry + kTileRows * kTileRows, 0);
     if (r + kTileRows <= row_end) {
-      dot_rows(w + r * stride, stride, x, x16, sums[b], carry, end);
+      dot_rows(w + r * stride, stride, x, x16, sums[b], carry, end, previous);
     } else {
       // the last few rows, zero-padded to a whole tile
       thread_local std::vector<int8_t> padded;
       padded.assign(kTileRows * x.cols, 0);
       for (int64_t i = 0; r + i < row_end; ++i) std::memcpy(&padded[i * x.cols], w + (r + i) * stride, x.cols);
-      dot_rows(padded.data(), x.cols, x, x16, sums[b], carry, nullptr);
+      dot_rows(padded.data(), x.cols, x, x16, sums[b], carry, nullptr, previous);
     }
-    if (pending >= 0) store_pending();
-    pending = r;
+    previous.store();
+    previous.start(sums[b], carry, r, std::min<int64_t>(kTileRows, row_end - r));
   }
-  if (pending >= 0) store_pending();
+  previous.store();
 }
 
 }  // namespace kern::amx

@@ -81,9 +81,9 @@ KERN_TARGET_AMX inline void transpose16(__m512 r[16]) {
 //
 // A tile row starts `row_bytes` after the one before: 4 x rows rounded up to a power of two,
 // so no row straddles two cache lines. Packed tight (36 bytes for 9 rows), most rows did, and
-// a tile load split them: the two B loads of a step took longer than its four multiplies, and
-// with the weights in L1 a step of 9 rows took 46-61 ns instead of 25 (aligned, the multiplies'
-// own time is 20).
+// a tile load split them: a step's two B loads took longer than its multiplies; with the
+// weights in L1, a step of 9 rows and 32 weight rows took 46-61 ns, aligned 25 (its four
+// multiplies alone 20).
 struct PackedActivations {
   int64_t rows = 0, cols = 0, row_bytes = 0;
 

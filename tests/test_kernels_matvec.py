@@ -87,18 +87,21 @@ def test_int8_sums_of_extreme_values_are_exact():
     assert matvec(layer, x).tobytes() == expected.astype(np.float32).tobytes()
 
 
-def ragged_fast_model(dtype: str):
+def ragged_fast_model(dtype: str, n_embd: int = 120, n_head: int = 8):
     # embd 120 and head_dim 15 are not multiples of the vector widths; 503 logits rows are odd
     paddle.seed(7)
-    config = CodeGenConfig(vocab_size=503, n_positions=64, n_embd=120, n_layer=2, n_head=8, rotary_dim=8)
+    config = CodeGenConfig(vocab_size=503, n_positions=64, n_embd=n_embd, n_layer=2, n_head=n_head, rotary_dim=8)
     model = CodeGenForCausalLM(config)
     model.eval()
     return make_fast(model, dtype, head_dtype=dtype)
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "int8", "bf16"])
-def test_one_forward_of_n_tokens_gives_the_logits_of_n_one_token_steps(dtype):
-    model = ragged_fast_model(dtype)
+# head_dim 15 is all past the vector width; 40 is two vectors and a tail, so a query's scores are
+# summed a lane's worth of keys at a time (simd::sums) over 20 to 35 keys: whole and partial blocks
+@pytest.mark.parametrize("dtype,n_embd,n_head", [("fp32", 120, 8), ("int8", 120, 8), ("bf16", 120, 8),
+                                                 ("fp32", 160, 4), ("int8", 160, 4)])
+def test_one_forward_of_n_tokens_gives_the_logits_of_n_one_token_steps(dtype, n_embd, n_head):
+    model = ragged_fast_model(dtype, n_embd, n_head)
     rng = np.random.default_rng(0)
     prompt = paddle.to_tensor(rng.integers(0, 503, (1, 20)), dtype="int64")  # over 16 tokens: the GEMM path
     with paddle.no_grad():

@@ -11,11 +11,17 @@
 // two multiplies (tdpbssd for hi, tdpbsud for lo) give two int32 sums joined in
 // int64. The dot products are exact, so the result does not depend on how many
 // activation rows came in one call (the int8 matvec contract, matvec.h).
+//
+// What still separates 9 rows from 1 (the vector kernel), one core, 9 rows of 1,024: with the
+// weights in L3 (the 350M model's 327 MB mostly are, one thread) AMX streams ~24 GB/s against
+// ~28; from memory ~12 against ~13.5. The tile loop alone (no epilogue, one long call) reads
+// memory at 14.2 GB/s; what is left is the epilogue (Results) and the per-chunk calls (~3%).
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "amx.h"
@@ -29,7 +35,8 @@ constexpr int kTileCols = 64;   // int8 weights per A tile row
 // costs the same for 1 or 16 rows, and tiles load 16 rows' streams at once. One thread,
 // 300 MB of int8 rows of 1,024: 1 row vector 21.6 ms, AMX 24; 3 rows vector 25.4, AMX 24.2;
 // 9 rows vector 42.8, AMX 26.9. The 350M model's forward pass (one thread) leans the other
-// way: 3 tokens vector 27.3 ms, AMX 28.6; 4 tokens about even (29.0, 28.6).
+// way: 3 tokens vector 27.3 ms, AMX 28.6; 4 tokens about even (29.0, 28.6). (Measured before
+// the 16-row steps and aligned activation tiles below made AMX ~20% faster; not measured again.)
 constexpr int kDefaultMinRows = 4;
 
 // Process-wide: the fewest activation rows an int8 matvec hands to AMX; 0: none (AMX not
@@ -66,25 +73,36 @@ KERN_TARGET_AMX inline void transpose16(__m512 r[16]) {
   for (int i = 0; i < 16; ++i) r[i] = t[i];
 }
 
-// The int16 activation rows as B tiles, one tile per 64 columns. A B tile holds
-// the 64 columns as 16 rows of 4 consecutive values per activation row (its
-// columns): tile t's row j, column n is x[n][64 t + 4 j .. 64 t + 4 j + 3].
-// Columns past the last whole 64 are left to `dot_rows`' tail.
+// The int16 activation rows as B tiles, one pair (low bytes, high bytes) per 64
+// columns. A B tile holds the 64 columns as 16 rows of 4 consecutive values per
+// activation row (its columns): tile t's row j, column n is
+// x[n][64 t + 4 j .. 64 t + 4 j + 3]. Columns past the last whole 64 are left to
+// `dot_rows`' tail.
+//
+// A tile row starts `row_bytes` after the one before: 4 x rows rounded up to a power of two,
+// so no row straddles two cache lines. Packed tight (36 bytes for 9 rows), most rows did, and
+// a tile load split them: a step's two B loads took longer than its multiplies; with the
+// weights in L1, a step of 9 rows and 32 weight rows took 46-61 ns, aligned 25 (its four
+// multiplies alone 20).
 struct PackedActivations {
-  int64_t rows = 0, cols = 0;
-  std::vector<uint8_t> lo;  // low bytes of the int16 values
-  std::vector<int8_t> hi;   // high bytes (the value's sign)
+  int64_t rows = 0, cols = 0, row_bytes = 0;
 
-  int64_t tile_bytes() const { return kTileRows * 4 * rows; }
+  int64_t tile_bytes() const { return kTileRows * row_bytes; }
+  // tile t's low bytes of the int16 values; its high bytes (their sign) follow at `hi`
+  const uint8_t* lo(int64_t t) const { return base() + 2 * t * tile_bytes(); }
+  const int8_t* hi(int64_t t) const { return reinterpret_cast<const int8_t*>(lo(t) + tile_bytes()); }
 
   // A tile's B operand is a 16 x 16 transpose of 4-byte groups: for each activation row n,
   // its 64 values' low (high) bytes are 16 groups, which become column n of the tile.
   KERN_TARGET_AMX void pack(const int16_t* x, int64_t x_rows, int64_t x_cols) {
     rows = x_rows;
     cols = x_cols;
+    row_bytes = 4;
+    while (row_bytes < 4 * rows) row_bytes *= 2;
     const int64_t tiles = cols / kTileCols;
-    lo.resize(tiles * tile_bytes());
-    hi.resize(tiles * tile_bytes());
+    const int64_t size = 2 * tiles * tile_bytes() + 64;
+    // uninitialised: pack writes every byte a tile load reads (the padding past 4 x rows it reads not)
+    if (size > capacity_) bytes_.reset(new uint8_t[capacity_ = size]);
     const __mmask16 columns = static_cast<__mmask16>((1u << rows) - 1);
     for (int64_t t = 0; t < tiles; ++t) {
       __m512 l[kTileRows], h[kTileRows];
@@ -103,21 +121,27 @@ struct PackedActivations {
       }
       transpose16(l);
       transpose16(h);
+      uint8_t* out = base() + 2 * t * tile_bytes();
       for (int g = 0; g < kTileRows; ++g) {
-        _mm512_mask_storeu_ps(lo.data() + t * tile_bytes() + g * 4 * rows, columns, l[g]);
-        _mm512_mask_storeu_ps(hi.data() + t * tile_bytes() + g * 4 * rows, columns, h[g]);
+        _mm512_mask_storeu_ps(out + g * row_bytes, columns, l[g]);
+        _mm512_mask_storeu_ps(out + tile_bytes() + g * row_bytes, columns, h[g]);
       }
     }
   }
+
+ private:
+  std::unique_ptr<uint8_t[]> bytes_;  // the tiles from its first 64-byte boundary on
+  int64_t capacity_ = 0;
+  uint8_t* base() { return bytes_.get() + (-reinterpret_cast<uintptr_t>(bytes_.get()) & 63); }
+  const uint8_t* base() const { return const_cast<PackedActivations*>(this)->base(); }
 };
 
-// Tiles 0-3 accumulate (lo and hi sums of two 16-row groups), 4-5 hold weights, 6-7 activations.
+// Tile 0 sums the lo products, 1 the hi ones, 2 holds weights, 3 and 4 the lo and hi activations.
 inline TileConfig matvec_config(int64_t activation_rows) {
   TileConfig c;
-  const uint16_t b_bytes = static_cast<uint16_t>(4 * activation_rows);
-  for (int t = 0; t < 8; ++t) {
+  for (int t = 0; t < 5; ++t) {
     c.rows[t] = kTileRows;
-    c.bytes_per_row[t] = (t == 4 || t == 5) ? kTileCols : b_bytes;
+    c.bytes_per_row[t] = t == 2 ? kTileCols : static_cast<uint16_t>(4 * activation_rows);
   }
   return c;
 }
@@ -127,7 +151,7 @@ inline TileConfig matvec_config(int64_t activation_rows) {
 // sums (at most 128 * 128 each) far below. Longer rows are summed a block at a time.
 constexpr int64_t kBlockCols = 32768;
 
-// The lo and hi sums of an accumulator pair, stored from their tiles
+// The lo and hi sums of the accumulator tiles, stored
 struct TileSums {
   alignas(64) int32_t lo[kTileRows][kTileRows], hi[kTileRows][kTileRows];
 };
@@ -151,81 +175,117 @@ KERN_TARGET_AMX inline void add_tile_sums(const TileSums& sums, int64_t* dots) {
 // that misses L1 holds up the tile multiplies queued behind it, so reading memory and
 // multiplying took turns: on one core tile loads alone streamed ~15 GB/s, the multiplies on
 // weights in L2 ~25 GB/s, the two together ~10. Prefetching the next block of rows into L2
-// (32 KB ahead) did not change that; 3 column blocks ahead into L1 (96 lines) took 9 rows
-// from 31 to 27 ms per 300 MB of weights on one thread (2 to 10 tried; 3 to 6 about even).
+// (32 KB ahead) did not change that; 3 column blocks ahead into L1 took 9 rows from 31 to
+// 27 ms per 300 MB of weights on one thread (2 to 10 tried; 2 to 6 about even).
 constexpr int64_t kPrefetchTiles = 3;
 
-// dots[i * kTileRows + m] += exact dot of weight row i (< G * 16) with activation row m.
-// `x16` is the unpacked int16 form, for the columns past the last whole tile. Needs
+// Whether dot_rows needs a carry for rows of `cols`
+inline bool needs_carry(int64_t cols) { return cols > kBlockCols || cols % kTileCols; }
+
+// The results of 16 weight rows: y[m * ldy + r0 + i] = w_scale[r0 + i] * xs[m] * float(dot) for
+// i < count and m < n, the exact dot of weight row i with activation row m as dot_rows left it
+// in `sums` (+ `carry`) (int8_dot_result in matvec.h, 16 activation rows at a time, in the same
+// order of operations), transposed into one contiguous run of y per activation row. The sums are
+// joined here, not first stored as int64 and read back (that was ~10% of a 9-row matvec of
+// weights in L2).
+//
+// The next 16 rows' dot_rows scales one weight row's results per tile step (`scale_row`), in
+// the shadow of its tile loads: done all at once between two blocks of rows, the epilogue held
+// up the weights' prefetches, and a core streamed 9 rows from memory at 12.7 GB/s against 14.2
+// for the tile loop alone. In the 350M model's verify pass it took 9 tokens from 1.37-1.43x one
+// token to 1.32-1.35x (two threads), 1.34 to 1.27x (one).
+struct Results {
+  const float* w_scale;
+  __m512 x_scale;
+  int64_t n;
+  float* y;
+  int64_t ldy;
+  const TileSums* sums = nullptr;  // null: none pending
+  const int64_t* carry = nullptr;
+  int64_t r0 = 0, count = 0;
+  int scaled = kTileRows;  // weight rows whose results are in v
+  __m512 v[kTileRows];
+
+  void start(const TileSums& pending, const int64_t* pending_carry, int64_t first_row, int64_t rows) {
+    sums = &pending;
+    carry = pending_carry;
+    r0 = first_row;
+    count = rows;
+    scaled = 0;
+  }
+
+  KERN_TARGET_AMX void scale_row() {
+    if (scaled == kTileRows) return;
+    const int i = scaled++;
+    const __m512 ws = _mm512_set1_ps(i < count ? w_scale[r0 + i] : 0.0f);
+    const __m512i l = _mm512_load_si512(sums->lo[i]), h = _mm512_load_si512(sums->hi[i]);
+    __m256 dot[2];
+    for (int half = 0; half < 2; ++half) {
+      const __m256i l8 = half ? _mm512_extracti64x4_epi64(l, 1) : _mm512_castsi512_si256(l),
+                    h8 = half ? _mm512_extracti64x4_epi64(h, 1) : _mm512_castsi512_si256(h);
+      __m512i d = _mm512_add_epi64(_mm512_slli_epi64(_mm512_cvtepi32_epi64(h8), 8), _mm512_cvtepi32_epi64(l8));
+      if (carry) d = _mm512_add_epi64(d, _mm512_loadu_si512(carry + i * kTileRows + 8 * half));
+      dot[half] = _mm512_cvtepi64_ps(d);
+    }
+    v[i] = _mm512_mul_ps(_mm512_mul_ps(ws, x_scale), _mm512_insertf32x8(_mm512_castps256_ps512(dot[0]), dot[1], 1));
+  }
+
+  // scales the rows not scaled yet and stores them all; none pending after
+  KERN_TARGET_AMX void store() {
+    if (!sums) return;
+    while (scaled < kTileRows) scale_row();
+    transpose16(v);
+    const __mmask16 rows = count >= kTileRows ? 0xffff : (1u << count) - 1;
+    for (int64_t m = 0; m < n; ++m) _mm512_mask_storeu_ps(y + m * ldy + r0, rows, v[m]);
+    sums = nullptr;
+  }
+};
+
+// The exact dot of weight row i (< 16) with activation row m is hi[i][m] * 256 + lo[i][m] of
+// `sums`, plus carry[i * kTileRows + m] when there is a carry: the int64 sums of the column
+// blocks before the last and of the columns past the last whole tile (rows of 1,024 or 4,096
+// have neither: `carry` null, as `needs_carry` says). `x16` is the unpacked int16 form, for
+// those columns. Scales `previous`' results as it goes (Results). Needs
 // `Tiles(matvec_config(x.rows))` on this thread.
-template <int G>
-KERN_TARGET_AMX void dot_rows(const int8_t* w, int64_t stride, const PackedActivations& x, const int16_t* x16,
-                              int64_t* dots, const char* prefetch_end) {
-  static_assert(G == 1 || G == 2, "two 16-row groups fill the eight tiles");
-  const int64_t k = x.cols, tiles = k / kTileCols, n = x.rows, b_stride = 4 * n;
+//
+// One tile of 16 weight rows a step, not two sharing the activation tiles: the rows are a
+// row's length apart, 1 KB for most of the 350M model's, so a step's lines all fall in 4 of
+// L1's 64 sets; with 32 rows, 8 lines a set each step (prefetched 3 steps ahead) beside the
+// activation tiles' share of the set overflowed its 12 ways. 16 rows were 18% faster (9 rows
+// of weights in L3: 20 -> 24 GB/s a core; in L2 31 -> 39; from memory the same, ~11).
+KERN_TARGET_AMX inline void dot_rows(const int8_t* w, int64_t stride, const PackedActivations& x, const int16_t* x16,
+                                     TileSums& sums, int64_t* carry, const char* prefetch_end, Results& previous) {
+  const int64_t k = x.cols, tiles = k / kTileCols, n = x.rows, b_stride = x.row_bytes;
+  if (tiles == 0) sums = TileSums{};  // rows shorter than a tile
   for (int64_t t0 = 0; t0 < tiles; t0 += kBlockCols / kTileCols) {
     const int64_t t1 = std::min(tiles, t0 + kBlockCols / kTileCols);
     _tile_zero(0);
     _tile_zero(1);
-    if constexpr (G == 2) {
-      _tile_zero(2);
-      _tile_zero(3);
-    }
     for (int64_t t = t0; t < t1; ++t) {
-      const int8_t* wt = w + t * kTileCols;
-      // the lines of the column block kPrefetchTiles on (past the last: into the next block of
-      // rows, int8_matvec walks them in order), into L1: see kPrefetchTiles
+      // the lines of the column block kPrefetchTiles on (past the last: into the next 16 rows,
+      // int8_matvec walks them in order), into L1: see kPrefetchTiles
       const int64_t ta = t + kPrefetchTiles;
-      const char* ahead =
-          reinterpret_cast<const char*>(w) + ta / tiles * G * kTileRows * stride + ta % tiles * kTileCols;
-      for (int i = 0; i < G * kTileRows; ++i)
+      const char* ahead = reinterpret_cast<const char*>(w) + ta / tiles * kTileRows * stride + ta % tiles * kTileCols;
+      for (int i = 0; i < kTileRows; ++i)
         if (ahead + i * stride < prefetch_end) _mm_prefetch(ahead + i * stride, _MM_HINT_T0);
-      _tile_loadd(6, x.lo.data() + t * x.tile_bytes(), b_stride);
-      _tile_loadd(7, x.hi.data() + t * x.tile_bytes(), b_stride);
-      _tile_loadd(4, wt, stride);
-      _tile_dpbsud(0, 4, 6);
-      _tile_dpbssd(1, 4, 7);
-      if constexpr (G == 2) {
-        _tile_loadd(5, wt + kTileRows * stride, stride);
-        _tile_dpbsud(2, 5, 6);
-        _tile_dpbssd(3, 5, 7);
-      }
+      _tile_loadd(3, x.lo(t), b_stride);
+      _tile_loadd(4, x.hi(t), b_stride);
+      _tile_loadd(2, w + t * kTileCols, stride);
+      _tile_dpbsud(0, 2, 3);
+      _tile_dpbssd(1, 2, 4);
+      previous.scale_row();
     }
-    TileSums sums;
     _tile_stored(0, sums.lo, sizeof sums.lo[0]);
     _tile_stored(1, sums.hi, sizeof sums.hi[0]);
-    add_tile_sums(sums, dots);
-    if constexpr (G == 2) {
-      _tile_stored(2, sums.lo, sizeof sums.lo[0]);
-      _tile_stored(3, sums.hi, sizeof sums.hi[0]);
-      add_tile_sums(sums, dots + kTileRows * kTileRows);
-    }
+    if (t1 < tiles) add_tile_sums(sums, carry);
   }
   if (tiles * kTileCols == k) return;
-  for (int i = 0; i < G * kTileRows; ++i)
+  for (int i = 0; i < kTileRows; ++i)
     for (int64_t m = 0; m < n; ++m) {
       int64_t tail = 0;
       for (int64_t j = tiles * kTileCols; j < k; ++j) tail += int64_t{w[i * stride + j]} * x16[m * k + j];
-      dots[i * kTileRows + m] += tail;
+      carry[i * kTileRows + m] += tail;
     }
-}
-
-// y[m * ldy + r0 + i] = w_scale[r0 + i] * xs[m] * float(dots[i * 16 + m]) for i < count and
-// m < n (int8_dot_result in matvec.h, 16 activation rows at a time, in the same order of
-// operations), transposed into one contiguous run of y per activation row.
-KERN_TARGET_AMX inline void store_results(const int64_t* dots, int64_t r0, int64_t count, const float* w_scale,
-                                          const float xs[kTileRows], int64_t n, float* y, int64_t ldy) {
-  const __m512 x_scale = _mm512_loadu_ps(xs);
-  __m512 v[kTileRows];
-  for (int i = 0; i < kTileRows; ++i) {
-    const __m512 ws = _mm512_set1_ps(i < count ? w_scale[r0 + i] : 0.0f);
-    const __m512 dot = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtepi64_ps(_mm512_loadu_si512(dots + i * kTileRows))),
-                                          _mm512_cvtepi64_ps(_mm512_loadu_si512(dots + i * kTileRows + 8)), 1);
-    v[i] = _mm512_mul_ps(_mm512_mul_ps(ws, x_scale), dot);
-  }
-  transpose16(v);
-  const __mmask16 rows = count >= kTileRows ? 0xffff : (1u << count) - 1;
-  for (int64_t m = 0; m < n; ++m) _mm512_mask_storeu_ps(y + m * ldy + r0, rows, v[m]);
 }
 
 // y[m * ldy + r] = int8_dot_result(w_scale[r], x_scale[m], exact dot of weight row r with x16's
@@ -238,27 +298,27 @@ KERN_TARGET_AMX inline void int8_matvec(const int8_t* w, int64_t stride, const f
   const char* end = reinterpret_cast<const char*>(w + row_end * stride);
   float xs[kTileRows] = {};
   std::copy(x_scale, x_scale + x.rows, xs);
-  int64_t dots[2 * kTileRows * kTileRows];
-  int64_t r = row_begin;
-  for (; r + 2 * kTileRows <= row_end; r += 2 * kTileRows) {
-    std::fill(std::begin(dots), std::end(dots), 0);
-    dot_rows<2>(w + r * stride, stride, x, x16, dots, end);
-    store_results(dots, r, kTileRows, w_scale, xs, x.rows, y, ldy);
-    store_results(dots + kTileRows * kTileRows, r + kTileRows, kTileRows, w_scale, xs, x.rows, y, ldy);
-  }
-  for (; r < row_end; r += kTileRows) {
-    std::fill(std::begin(dots), std::end(dots), 0);
+  TileSums sums[2];  // these 16 rows' and the previous 16's, whose results are pending
+  int64_t carry_sums[2][kTileRows * kTileRows];
+  const bool with_carry = needs_carry(x.cols);
+  Results previous{w_scale, _mm512_loadu_ps(xs), x.rows, y, ldy};
+  for (int64_t r = row_begin; r < row_end; r += kTileRows) {
+    const int b = (r - row_begin) / kTileRows % 2;
+    int64_t* carry = with_carry ? carry_sums[b] : nullptr;
+    if (carry) std::fill(carry, carry + kTileRows * kTileRows, 0);
     if (r + kTileRows <= row_end) {
-      dot_rows<1>(w + r * stride, stride, x, x16, dots, end);
+      dot_rows(w + r * stride, stride, x, x16, sums[b], carry, end, previous);
     } else {
       // the last few rows, zero-padded to a whole tile
       thread_local std::vector<int8_t> padded;
       padded.assign(kTileRows * x.cols, 0);
       for (int64_t i = 0; r + i < row_end; ++i) std::memcpy(&padded[i * x.cols], w + (r + i) * stride, x.cols);
-      dot_rows<1>(padded.data(), x.cols, x, x16, dots, nullptr);
+      dot_rows(padded.data(), x.cols, x, x16, sums[b], carry, nullptr, previous);
     }
-    store_results(dots, r, std::min<int64_t>(kTileRows, row_end - r), w_scale, xs, x.rows, y, ldy);
+    previous.store();
+    previous.start(sums[b], carry, r, std::min<int64_t>(kTileRows, row_end - r));
   }
+  previous.store();
 }
 
 }  // namespace kern::amx

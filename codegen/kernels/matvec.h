@@ -353,7 +353,7 @@ inline int64_t row_bytes(const WeightMatrix& w) { return w.cols * weight_bytes(w
 struct RowChunks {
   int64_t rows, per_chunk;
   // `bytes_per_row`: the weight bytes a chunk's row stands for (its row in each matrix it covers)
-  // the nearest whole number of 32-row blocks (AMX takes weights 16 rows a tile, two tiles at a time)
+  // the nearest whole number of 32-row blocks (a multiple of the 16 rows of an AMX weight tile)
   RowChunks(int64_t rows, int64_t bytes_per_row)
       : rows(rows),
         per_chunk(std::max<int64_t>(16, (kChunkBytes / std::max<int64_t>(1, bytes_per_row) + 16) / 32 * 32)) {}

@@ -291,14 +291,56 @@ void rotate(const float* src, float* dst, int64_t d, int64_t r, const float* sin
   std::memcpy(dst + r, src + r, (d - r) * sizeof(float));
 }
 
-float dot(const float* a, const float* b, int64_t n) {
+// scores[t] = dot(q, keys[t]) * scale for t < n, the keys d floats apart. A lane's worth of keys
+// at a time, their products summed across lanes together (simd::sums) instead of one key at a
+// time: that reduction was most of a key's cost. Each score is the same bits whatever keys share
+// its block, so a query's scores do not depend on the other queries of its step.
+void key_scores(const float* q, const float* keys, int64_t n, int64_t d, float scale, float* scores) {
   using namespace simd;
-  const int64_t n_vec = n - n % kLanes;
-  vf acc = zero();
-  for (int64_t i = 0; i < n_vec; i += kLanes) acc = fma(load(a + i), load(b + i), acc);
-  float s = sum(acc);
-  for (int64_t i = n_vec; i < n; ++i) s += a[i] * b[i];
-  return s;
+  const int64_t d_vec = d - d % kLanes;
+  for (int64_t t0 = 0; t0 < n; t0 += kLanes) {
+    const int64_t count = std::min<int64_t>(kLanes, n - t0);
+    vf acc[kLanes];
+    for (int j = 0; j < kLanes; ++j) acc[j] = zero();
+    for (int64_t c = 0; c < d_vec; c += kLanes) {
+      const vf qv = load(q + c);
+      for (int j = 0; j < kLanes; ++j)
+        if (j < count) acc[j] = fma(load(keys + (t0 + j) * d + c), qv, acc[j]);
+    }
+    alignas(64) float block[kLanes];
+    store(block, sums(acc));
+    for (int64_t j = 0; j < count; ++j) {
+      float s = block[j];
+      for (int64_t c = d_vec; c < d; ++c) s += q[c] * keys[(t0 + j) * d + c];
+      scores[t0 + j] = s * scale;
+    }
+  }
+}
+
+// o[0..d) = the sum over keys t < n with p[t] > 0 of (p[t] * scale) * values[t], each element's
+// products added in the order of t, as axpy into a zeroed o would. The sums stay in registers,
+// a few vectors of o at a time: axpy loads and stores o once per key.
+void weighted_values(const float* p, float scale, const float* values, int64_t n, int64_t d, float* o) {
+  using namespace simd;
+  constexpr int kRegisters = 4;
+  const int64_t d_vec = d - d % kLanes;
+  for (int64_t c0 = 0; c0 < d_vec; c0 += kRegisters * kLanes) {
+    const int64_t regs = std::min<int64_t>(kRegisters, (d_vec - c0) / kLanes);
+    vf acc[kRegisters];
+    for (int j = 0; j < kRegisters; ++j) acc[j] = zero();
+    for (int64_t t = 0; t < n; ++t) {
+      if (!(p[t] > 0.0f)) continue;
+      const vf pv = set1(p[t] * scale);
+      for (int j = 0; j < kRegisters; ++j)
+        if (j < regs) acc[j] = fma(pv, load(values + t * d + c0 + j * kLanes), acc[j]);
+    }
+    for (int j = 0; j < regs; ++j) store(o + c0 + j * kLanes, acc[j]);
+  }
+  for (int64_t i = d_vec; i < d; ++i) {
+    o[i] = 0.0f;
+    for (int64_t t = 0; t < n; ++t)
+      if (p[t] > 0.0f) o[i] += p[t] * scale * values[t * d + i];
+  }
 }
 
 // out += p * v
@@ -381,12 +423,12 @@ void attend_head(const LayerShape& s, int64_t b, int64_t h, const float* qkv, co
     std::memset(o, 0, d * sizeof(float));
     float max = -INFINITY;
     int64_t seen = 0;
+    key_scores(queries + i * d, keys, last + 1, d, inv_sqrt_d, scores);
     for (int64_t t = 0; t <= last; ++t) {
       if (mask && !mask[b * total + t]) {
         scores[t] = -INFINITY;
         continue;
       }
-      scores[t] = dot(queries + i * d, keys + t * d, d) * inv_sqrt_d;
       max = std::max(max, scores[t]);
       ++seen;
     }
@@ -396,9 +438,7 @@ void attend_head(const LayerShape& s, int64_t b, int64_t h, const float* qkv, co
       continue;
     }
     const float denom = softmax_numerators(scores, last + 1, max);
-    const float inv = 1.0f / denom;
-    for (int64_t t = 0; t <= last; ++t)
-      if (scores[t] > 0.0f) axpy(scores[t] * inv, values + t * d, o, d);
+    weighted_values(scores, 1.0f / denom, values, last + 1, d, o);
   }
 }
 

@@ -35,6 +35,22 @@ inline vf div(vf a, vf b) { return _mm512_div_ps(a, b); }
 inline vf max(vf a, vf b) { return _mm512_max_ps(a, b); }
 inline vf min(vf a, vf b) { return _mm512_min_ps(a, b); }
 inline float sum(vf v) { return _mm512_reduce_add_ps(v); }
+// lane j: the sum of v[j]'s lanes, for all 16 at once (halves, then quarters, then within
+// 128 bits; a fixed order, so lane j depends on v[j] alone). ~3 instructions a sum, not 8.
+inline vf sums(const vf (&v)[kLanes]) {
+  vf half[8], quarter[4];
+  for (int p = 0; p < 8; ++p)  // [v[2p] lanes 0+2, 1+3 | v[2p+1] lanes 0+2, 1+3] (128-bit lanes)
+    half[p] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0x44),
+                            _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0xee));
+  for (int j = 0; j < 4; ++j)  // 128-bit lane L: v[4j + L]'s four partial sums
+    quarter[j] = _mm512_add_ps(_mm512_shuffle_f32x4(half[2 * j], half[2 * j + 1], 0x88),
+                               _mm512_shuffle_f32x4(half[2 * j], half[2 * j + 1], 0xdd));
+  const vf a = _mm512_add_ps(_mm512_unpacklo_ps(quarter[0], quarter[1]), _mm512_unpackhi_ps(quarter[0], quarter[1])),
+           b = _mm512_add_ps(_mm512_unpacklo_ps(quarter[2], quarter[3]), _mm512_unpackhi_ps(quarter[2], quarter[3]));
+  // element 4 L + j holds the sum of v[4 j + L]
+  const vf total = _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), total);
+}
 inline float hmax(vf v) { return _mm512_reduce_max_ps(v); }
 inline vf abs(vf v) { return _mm512_abs_ps(v); }
 // copies the sign of `s` onto the non-negative `v`
@@ -109,6 +125,12 @@ inline float sum(vf v) {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
+}
+// lane j: the sum of v[j]'s lanes, for all 8 at once (pairs, then quads, then the two halves)
+inline vf sums(const vf (&v)[kLanes]) {
+  const vf q0 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3])),
+           q1 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20), _mm256_permute2f128_ps(q0, q1, 0x31));
 }
 inline float hmax(vf v) {
   __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

@@ -1,6 +1,8 @@
 """Shared fixtures: small models saved in codegen's format, made at test time, torch files written by
-hand, the 2-rank training launch, and servers run in the test process."""
+hand, the 2-rank training launch, servers run in the test process, and the decode loop's fakes
+(tokenizer, scripted model, tiny random models, one-prompt loops)."""
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import math
@@ -13,8 +15,10 @@ import threading
 import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import NamedTuple
 
+import numpy as np
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -444,3 +448,174 @@ class Gate:
             predictor.model.forward = gated
             return predictor
         return load
+
+# -- decoding: fakes, tiny models and loops the generation, lookup and kernel tests share -----------
+
+VOCAB = 1000
+
+
+class ByteTokenizer:
+    """Ids below `byte_ids` are single bytes (so characters split across tokens), the rest `<id>`."""
+
+    def __init__(self, vocab=VOCAB, eos_token_id=None, pieces=None, byte_ids=256):
+        self.vocab = vocab
+        self.byte_ids = byte_ids
+        self.eos_token_id = eos_token_id
+        self.pad_token_id = None
+        self.pieces = pieces or {}
+
+    def __len__(self):
+        return self.vocab
+
+    def piece(self, i):
+        i = int(i)
+        if i in self.pieces:
+            return self.pieces[i]
+        return bytes([i]) if i < self.byte_ids else f"<{i}>".encode()
+
+    def decode_bytes(self, ids):
+        return b"".join(self.piece(i) for i in ids if i != self.eos_token_id)
+
+    def decode(self, ids):
+        return self.decode_bytes(ids).decode("utf-8", "replace")
+
+
+def tiny_model(seed=0, vocab=VOCAB, n_positions=128):
+    return random_codegen(seed, vocab_size=vocab, n_positions=n_positions, n_embd=64, n_layer=2, n_head=4, rotary_dim=8)
+
+
+class Recording:
+    """Passes calls through to `model`, remembering each call's input shape."""
+
+    def __init__(self, model):
+        self.model = model
+        self.config = model.config
+        self.shapes = []
+
+    def new_cache(self, *args, **kwargs):
+        return self.model.new_cache(*args, **kwargs)
+
+    def __call__(self, input_ids, attention_mask=None, cache=None, last_only=False):
+        self.shapes.append(tuple(input_ids.shape))
+        return self.model(input_ids, attention_mask=attention_mask, cache=cache, last_only=last_only)
+
+
+class ScriptedModel:
+    """Always predicts `successor[last token]` (token 0 when unlisted), whatever else it sees."""
+
+    def __init__(self, successor, vocab=64, n_positions=64):
+        self.successor = successor
+        self.config = SimpleNamespace(vocab_size=vocab, max_position_embeddings=n_positions)
+
+    def new_cache(self, batch_size, max_length=None, dtype=None):
+        from codegen.models.cache import KVCache
+        return KVCache(1, batch_size, 1, max_length or self.config.max_position_embeddings, 1)
+
+    def __call__(self, input_ids, attention_mask=None, cache=None, last_only=False):
+        import paddle
+        ids = input_ids.numpy()[:, -1:] if last_only else input_ids.numpy()
+        logits = np.full(ids.shape + (self.config.vocab_size,), -10.0, dtype=np.float32)
+        for index in np.ndindex(*ids.shape):
+            logits[index + (self.successor.get(int(ids[index]), 0),)] = 10.0
+        cache.advance(input_ids.shape[1])
+        return paddle.to_tensor(logits)
+
+
+def full_logits(model, ids):
+    """Logits of an uncached forward over `ids` [seq] -> float64 [seq, vocab]."""
+    import paddle
+    with paddle.no_grad():
+        return model(paddle.to_tensor(np.array([ids], dtype=np.int64))).numpy()[0].astype(np.float64)
+
+
+def log_softmax(logits):
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def full_logprobs(model, ids):
+    return log_softmax(full_logits(model, ids))
+
+
+def collect(events):
+    """Per row: (text, token_ids, logprobs, finish reasons seen, events after finishing)."""
+    rows = {}
+    for e in events:
+        row = rows.setdefault(e.index, dict(text="", token_ids=[], logprobs=[], finishes=[], after_finish=0))
+        if row["finishes"]:
+            row["after_finish"] += 1
+        row["text"] += e.text
+        row["token_ids"] += e.token_ids
+        row["logprobs"] += e.logprobs
+        if e.finish_reason is not None:
+            row["finishes"].append(e.finish_reason)
+    return rows
+
+
+# token prompts of the decode-loop tests: different lengths, so batches pad
+TOKEN_PROMPTS = [[5, 17, 300, 42, 9, 700, 13, 2, 88], [400, 12, 7, 999], [3, 3, 600, 45, 46, 47]]
+
+
+SMALL = dict(vocab_size=512, n_positions=256, n_embd=128, n_layer=2, n_head=8, rotary_dim=8)
+
+
+def small_model(seed=0, **overrides):
+    return random_codegen(seed, **{**SMALL, **overrides})
+
+
+_RNG = np.random.default_rng(11)
+_BLOCK = _RNG.integers(0, VOCAB, 10).tolist()
+# prompt lookup's: random text; the same block twice (as code being rewritten); a run of one token
+LOOKUP_PROMPTS = [_RNG.integers(0, VOCAB, 9).tolist(), _BLOCK + _RNG.integers(0, VOCAB, 5).tolist() + _BLOCK[:3],
+                  [7, 7, 7, 7, 7, 7], _RNG.integers(0, VOCAB, 40).tolist()]
+
+
+# a model that writes a, b, c, d, a, ... and a prompt holding that cycle: every draft is right
+CYCLE = {ord("a"): ord("b"), ord("b"): ord("c"), ord("c"): ord("d"), ord("d"): ord("a")}
+CYCLE_PROMPT = list(b"xabcdabc")
+
+
+def run(model, prompt, config, tokenizer=None, **batch_options):
+    """(sequence, events, batch) of one prompt decoded in its own Batch."""
+    from codegen.generation import Batch
+    batch = Batch(model, tokenizer or ByteTokenizer(), **batch_options)
+    (row,) = batch.add(prompt, config)
+    events = []
+    while batch:
+        events += batch.step()
+    return row.sequence(), events, batch
+
+
+def plain(model, prompt, config, tokenizer=None):
+    """The one sequence plain decoding (no prompt lookup) gives."""
+    from codegen.generation import generate
+    config = dataclasses.replace(config, prompt_lookup_num_tokens=0)
+    return generate(model, tokenizer or ByteTokenizer(), [prompt], config)[0][0]
+
+
+# -- the PaddleNLP README's clients --------------------------------------------------------------
+
+# What openai 0.28.1 sends for the PaddleNLP README's client: `openai.api_base = 'http://127.0.0.1:8978'`
+# (no /v1) then `openai.Completion.create(engine='codegen', prompt='def hello', max_tokens=16,
+# temperature=0.1)`: read from its api_requestor (`requests` adds the Accept* and Connection headers)
+OPENAI_0X_PATH = "/engines/codegen/completions"
+OPENAI_0X_HEADERS = {"Content-Type": "application/json", "User-Agent": "OpenAI/v1 PythonBindings/0.28.1",
+                     "X-OpenAI-Client-User-Agent": json.dumps({
+                         "bindings_version": "0.28.1", "httplib": "requests", "lang": "python",
+                         "lang_version": "3.11.7", "platform": "Linux-x86_64", "publisher": "openai",
+                         "uname": "Linux"}),
+                     "Authorization": "Bearer dummy", "Accept": "*/*", "Accept-Encoding": "gzip, deflate",
+                     "Connection": "keep-alive"}
+OPENAI_0X_BODY = json.dumps({"prompt": "def hello", "max_tokens": 16, "temperature": 0.1}).encode()
+
+
+def assert_paddlenlp_readme_response(response):
+    """The fields the README's printed result shows, in an httpx response."""
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["id"].startswith("cmpl-") and result["object"] == "text_completion"
+    [choice] = result["choices"]
+    assert isinstance(choice["text"], str) and choice["index"] == 0 and choice["logprobs"] is None
+    assert choice["finish_reason"] in ("stop", "length")
+    assert 1 <= result["usage"]["completion_tokens"] <= 16
+    return result

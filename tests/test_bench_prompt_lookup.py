@@ -5,11 +5,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import CYCLE, CYCLE_PROMPT, LOOKUP_PROMPTS, VOCAB, ScriptedModel, run, tiny_model
 
 from codegen.generation import GenerationConfig
 
-from test_generation import VOCAB, ScriptedModel, tiny_model
-from test_generation_lookup import CYCLE, CYCLE_PROMPT, PROMPTS, run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from bench_prompt_lookup import clairvoyant  # noqa: E402
@@ -30,7 +29,7 @@ def test_each_pass_drafts_the_longest_continuation_the_model_keeps_extended_peri
 def test_the_decode_loop_never_needs_fewer_passes_than_the_bound(k):
     config = GenerationConfig(max_new_tokens=40, prompt_lookup_num_tokens=k)
     for model in (tiny_model(), ScriptedModel({1: 2, 2: 3, 3: 1, 4: 1, 5: 4}, vocab=VOCAB, n_positions=128)):
-        for prompt in PROMPTS + [[5, 4, 1, 2, 9, 5]]:
+        for prompt in LOOKUP_PROMPTS + [[5, 4, 1, 2, 9, 5]]:
             sequence, _, batch = run(model, prompt, config)
             assert batch.decode_steps >= len(clairvoyant(prompt, sequence.token_ids, k))
 

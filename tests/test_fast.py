@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
-from conftest import copy_model, needs_kernels, random_codegen
+from conftest import REPO, copy_model, needs_kernels, small_model
 
 from codegen import kernels
 from codegen.models.codegen import CodeGenForCausalLM
@@ -20,14 +20,6 @@ from codegen.checkpoints import load_model, save_model
 from codegen.inference import load_for_inference
 from codegen.inference.fast import FastCodeGenForCausalLM, make_fast, use_fp16_gpu_attention
 from codegen.inference.quantize import WeightOnlyLinear, quantize_linears
-
-REPO = Path(__file__).resolve().parents[1]
-SMALL = dict(vocab_size=512, n_positions=256, n_embd=128, n_layer=2, n_head=8, rotary_dim=8)
-
-
-def small_model(seed=0, **overrides) -> CodeGenForCausalLM:
-    return random_codegen(seed, **{**SMALL, **overrides})
-
 
 def dequantized(layer: WeightOnlyLinear) -> np.ndarray:
     """The stored weight as float32 [out, in], decoded with numpy (not with our kernels)."""

@@ -1,118 +1,13 @@
-"""The greedy/sampling decode loop on a tiny random CodeGen: cache, batching, streaming, options.
-
-Also home of the fakes the other test_generation_* files import.
-"""
+"""The greedy/sampling decode loop on a tiny random CodeGen: cache, batching, streaming, options."""
 from dataclasses import replace
-from types import SimpleNamespace
 
 import numpy as np
 import paddle
 import pytest
-from conftest import random_codegen
+from conftest import TOKEN_PROMPTS, VOCAB, ByteTokenizer, Recording, collect, full_logprobs, tiny_model
 
 from codegen.generation import GenerationConfig, Request, generate, stream
 from codegen.generation.processors import apply_repetition_penalty, sample_token, top_alternatives
-from codegen.models.cache import KVCache
-
-VOCAB = 1000
-
-
-class ByteTokenizer:
-    """Ids below `byte_ids` are single bytes (so characters split across tokens), the rest `<id>`."""
-
-    def __init__(self, vocab=VOCAB, eos_token_id=None, pieces=None, byte_ids=256):
-        self.vocab = vocab
-        self.byte_ids = byte_ids
-        self.eos_token_id = eos_token_id
-        self.pad_token_id = None
-        self.pieces = pieces or {}
-
-    def __len__(self):
-        return self.vocab
-
-    def piece(self, i):
-        i = int(i)
-        if i in self.pieces:
-            return self.pieces[i]
-        return bytes([i]) if i < self.byte_ids else f"<{i}>".encode()
-
-    def decode_bytes(self, ids):
-        return b"".join(self.piece(i) for i in ids if i != self.eos_token_id)
-
-    def decode(self, ids):
-        return self.decode_bytes(ids).decode("utf-8", "replace")
-
-
-def tiny_model(seed=0, vocab=VOCAB, n_positions=128):
-    return random_codegen(seed, vocab_size=vocab, n_positions=n_positions, n_embd=64, n_layer=2, n_head=4, rotary_dim=8)
-
-
-class Recording:
-    """Passes calls through to `model`, remembering each call's input shape."""
-
-    def __init__(self, model):
-        self.model = model
-        self.config = model.config
-        self.shapes = []
-
-    def new_cache(self, *args, **kwargs):
-        return self.model.new_cache(*args, **kwargs)
-
-    def __call__(self, input_ids, attention_mask=None, cache=None, last_only=False):
-        self.shapes.append(tuple(input_ids.shape))
-        return self.model(input_ids, attention_mask=attention_mask, cache=cache, last_only=last_only)
-
-
-class ScriptedModel:
-    """Always predicts `successor[last token]` (token 0 when unlisted), whatever else it sees."""
-
-    def __init__(self, successor, vocab=64, n_positions=64):
-        self.successor = successor
-        self.config = SimpleNamespace(vocab_size=vocab, max_position_embeddings=n_positions)
-
-    def new_cache(self, batch_size, max_length=None, dtype=None):
-        return KVCache(1, batch_size, 1, max_length or self.config.max_position_embeddings, 1)
-
-    def __call__(self, input_ids, attention_mask=None, cache=None, last_only=False):
-        ids = input_ids.numpy()[:, -1:] if last_only else input_ids.numpy()
-        logits = np.full(ids.shape + (self.config.vocab_size,), -10.0, dtype=np.float32)
-        for index in np.ndindex(*ids.shape):
-            logits[index + (self.successor.get(int(ids[index]), 0),)] = 10.0
-        cache.advance(input_ids.shape[1])
-        return paddle.to_tensor(logits)
-
-
-def full_logits(model, ids):
-    """Logits of an uncached forward over `ids` [seq] -> float64 [seq, vocab]."""
-    with paddle.no_grad():
-        return model(paddle.to_tensor(np.array([ids], dtype=np.int64))).numpy()[0].astype(np.float64)
-
-
-def log_softmax(logits):
-    shifted = logits - logits.max(-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-
-
-def full_logprobs(model, ids):
-    return log_softmax(full_logits(model, ids))
-
-
-def collect(events):
-    """Per row: (text, token_ids, logprobs, finish reasons seen, events after finishing)."""
-    rows = {}
-    for e in events:
-        row = rows.setdefault(e.index, dict(text="", token_ids=[], logprobs=[], finishes=[], after_finish=0))
-        if row["finishes"]:
-            row["after_finish"] += 1
-        row["text"] += e.text
-        row["token_ids"] += e.token_ids
-        row["logprobs"] += e.logprobs
-        if e.finish_reason is not None:
-            row["finishes"].append(e.finish_reason)
-    return rows
-
-
-PROMPTS = [[5, 17, 300, 42, 9, 700, 13, 2, 88], [400, 12, 7, 999], [3, 3, 600, 45, 46, 47]]
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +17,8 @@ def model():
 
 def test_cached_steps_match_a_full_forward_for_padded_rows(model):
     config = GenerationConfig(max_new_tokens=12, logprobs=3)
-    results = generate(model, ByteTokenizer(), PROMPTS[:2], config)
-    for prompt, (seq,) in zip(PROMPTS[:2], results):
+    results = generate(model, ByteTokenizer(), TOKEN_PROMPTS[:2], config)
+    for prompt, (seq,) in zip(TOKEN_PROMPTS[:2], results):
         assert len(seq.token_ids) == 12 and seq.finish_reason == "length"
         reference = full_logprobs(model, prompt + seq.token_ids)[len(prompt) - 1:-1]
         chosen = reference[np.arange(12), seq.token_ids]
@@ -138,13 +33,13 @@ def test_cached_steps_match_a_full_forward_for_padded_rows(model):
 def test_rows_without_alternatives_report_the_raw_logprob_of_their_tokens(model):
     # eos is the first greedy token: min_new_tokens bans it, yet the reported log-probabilities
     # stay those of the raw model (eos included), as they are when a row asks for alternatives
-    eos = generate(model, ByteTokenizer(), [PROMPTS[2]], GenerationConfig(max_new_tokens=1))[0][0].token_ids[0]
+    eos = generate(model, ByteTokenizer(), [TOKEN_PROMPTS[2]], GenerationConfig(max_new_tokens=1))[0][0].token_ids[0]
     tok = ByteTokenizer(eos_token_id=eos)
     configs = [GenerationConfig(max_new_tokens=8),
                GenerationConfig(max_new_tokens=8, decode_strategy="sampling", temperature=0.7, seed=4),
                GenerationConfig(max_new_tokens=8, min_new_tokens=3),
                GenerationConfig(max_new_tokens=8, min_new_tokens=3, logprobs=2)]
-    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[2], PROMPTS[2]]
+    prompts = [TOKEN_PROMPTS[0], TOKEN_PROMPTS[1], TOKEN_PROMPTS[2], TOKEN_PROMPTS[2]]
     run = stream(model, tok, [Request(p, c) for p, c in zip(prompts, configs)])
     for _ in run:
         pass
@@ -165,8 +60,8 @@ def test_rows_without_alternatives_report_the_raw_logprob_of_their_tokens(model)
 def test_batched_greedy_gives_each_prompt_its_own_tokens(model):
     tok = ByteTokenizer()
     config = GenerationConfig(max_new_tokens=10)
-    together = generate(model, tok, PROMPTS, config)
-    for prompt, seqs in zip(PROMPTS, together):
+    together = generate(model, tok, TOKEN_PROMPTS, config)
+    for prompt, seqs in zip(TOKEN_PROMPTS, together):
         assert seqs[0].token_ids == generate(model, tok, [prompt], config)[0][0].token_ids
 
 
@@ -174,9 +69,9 @@ def test_rows_with_different_configs_share_a_batch(model):
     tok = ByteTokenizer()
     greedy = GenerationConfig(max_new_tokens=6)
     sampled = GenerationConfig(max_new_tokens=9, decode_strategy="sampling", temperature=0.8, top_k=20, seed=3)
-    rows = collect(stream(model, tok, [Request(PROMPTS[0], greedy), Request(PROMPTS[1], sampled)]))
-    assert rows[0]["token_ids"] == generate(model, tok, [PROMPTS[0]], greedy)[0][0].token_ids
-    assert rows[1]["token_ids"] == generate(model, tok, [PROMPTS[1]], sampled)[0][0].token_ids
+    rows = collect(stream(model, tok, [Request(TOKEN_PROMPTS[0], greedy), Request(TOKEN_PROMPTS[1], sampled)]))
+    assert rows[0]["token_ids"] == generate(model, tok, [TOKEN_PROMPTS[0]], greedy)[0][0].token_ids
+    assert rows[1]["token_ids"] == generate(model, tok, [TOKEN_PROMPTS[1]], sampled)[0][0].token_ids
     assert [len(rows[0]["token_ids"]), len(rows[1]["token_ids"])] == [6, 9]
 
 
@@ -187,8 +82,8 @@ def test_rows_with_different_configs_share_a_batch(model):
 ])
 def test_stream_deltas_add_up_to_generate(model, config):
     tok = ByteTokenizer()
-    finished = [s for seqs in generate(model, tok, PROMPTS, config) for s in seqs]
-    rows = collect(stream(model, tok, [Request(p, config) for p in PROMPTS]))
+    finished = [s for seqs in generate(model, tok, TOKEN_PROMPTS, config) for s in seqs]
+    rows = collect(stream(model, tok, [Request(p, config) for p in TOKEN_PROMPTS]))
     assert sorted(rows) == list(range(len(finished)))
     for i, seq in enumerate(finished):
         row = rows[i]
@@ -201,12 +96,12 @@ def test_stream_deltas_add_up_to_generate(model, config):
 
 def test_stop_strings_cut_text_and_tokens(model):
     tok = ByteTokenizer()
-    free = generate(model, tok, [PROMPTS[0]], GenerationConfig(max_new_tokens=12))[0][0]
+    free = generate(model, tok, [TOKEN_PROMPTS[0]], GenerationConfig(max_new_tokens=12))[0][0]
     # a stop string made of the end of one `<id>` token and the start of the next
     i = next(i for i in range(2, 11) if min(free.token_ids[i:i + 2]) >= 256)
     stop = tok.decode([free.token_ids[i]])[-2:] + tok.decode([free.token_ids[i + 1]])[:2]
     expected_text = free.text[:free.text.find(stop)]
-    stopped = generate(model, tok, [PROMPTS[0]], GenerationConfig(max_new_tokens=12, stop=[stop]))[0][0]
+    stopped = generate(model, tok, [TOKEN_PROMPTS[0]], GenerationConfig(max_new_tokens=12, stop=[stop]))[0][0]
     assert (stopped.text, stopped.finish_reason) == (expected_text, "stop")
     # tokens whose text lies wholly before the stop string; the straddling one is dropped
     kept = max(n for n in range(13) if expected_text.startswith(tok.decode(free.token_ids[:n])))
@@ -215,14 +110,14 @@ def test_stop_strings_cut_text_and_tokens(model):
 
 
 def test_eos_ends_a_row_and_counts_in_the_score(model):
-    free = generate(model, ByteTokenizer(), [PROMPTS[1]], GenerationConfig(max_new_tokens=8))[0][0]
+    free = generate(model, ByteTokenizer(), [TOKEN_PROMPTS[1]], GenerationConfig(max_new_tokens=8))[0][0]
     at = next(i for i, t in enumerate(free.token_ids) if i >= 2 and t not in free.token_ids[:i])
     eos = free.token_ids[at]
-    seq = generate(model, ByteTokenizer(eos_token_id=eos), [PROMPTS[1]], GenerationConfig(max_new_tokens=8))[0][0]
+    seq = generate(model, ByteTokenizer(eos_token_id=eos), [TOKEN_PROMPTS[1]], GenerationConfig(max_new_tokens=8))[0][0]
     assert (seq.token_ids, seq.finish_reason) == (free.token_ids[:at], "stop")
     assert seq.score == pytest.approx(sum(free.token_logprobs[:at + 1]), abs=1e-4)
 
-    banned = generate(model, ByteTokenizer(eos_token_id=eos), [PROMPTS[1]],
+    banned = generate(model, ByteTokenizer(eos_token_id=eos), [TOKEN_PROMPTS[1]],
                       GenerationConfig(max_new_tokens=8, min_new_tokens=at + 2))[0][0]
     assert eos not in banned.token_ids[:at + 2]
     assert len(banned.token_ids) >= at + 2
@@ -248,20 +143,20 @@ def test_repetition_penalty_follows_ctrl_on_full_forward_logits(model):
 def test_seeded_sampling_is_reproducible_and_independent_of_the_batch(model):
     tok = ByteTokenizer()
     config = GenerationConfig(max_new_tokens=10, decode_strategy="sampling", top_p=0.9, seed=5, num_return_sequences=2)
-    alone = generate(model, tok, [PROMPTS[0]], config)[0]
-    again = generate(model, tok, [PROMPTS[0]], config)[0]
+    alone = generate(model, tok, [TOKEN_PROMPTS[0]], config)[0]
+    again = generate(model, tok, [TOKEN_PROMPTS[0]], config)[0]
     other = GenerationConfig(max_new_tokens=4, decode_strategy="sampling", temperature=1.3, seed=9)
-    rows = collect(stream(model, tok, [Request(PROMPTS[1], other), Request(PROMPTS[0], config)]))
+    rows = collect(stream(model, tok, [Request(TOKEN_PROMPTS[1], other), Request(TOKEN_PROMPTS[0], config)]))
     assert [s.token_ids for s in alone] == [s.token_ids for s in again] == [rows[1]["token_ids"], rows[2]["token_ids"]]
     assert alone[0].token_ids != alone[1].token_ids
-    reseeded = generate(model, tok, [PROMPTS[0]], replace(config, seed=6))[0]
+    reseeded = generate(model, tok, [TOKEN_PROMPTS[0]], replace(config, seed=6))[0]
     assert reseeded[0].token_ids != alone[0].token_ids
 
 
 def test_temperature_zero_sampling_is_greedy(model):
     tok = ByteTokenizer()
-    greedy = generate(model, tok, [PROMPTS[0]], GenerationConfig(max_new_tokens=8))[0][0]
-    cold = generate(model, tok, [PROMPTS[0]], GenerationConfig(max_new_tokens=8, decode_strategy="sampling",
+    greedy = generate(model, tok, [TOKEN_PROMPTS[0]], GenerationConfig(max_new_tokens=8))[0][0]
+    cold = generate(model, tok, [TOKEN_PROMPTS[0]], GenerationConfig(max_new_tokens=8, decode_strategy="sampling",
                                                                 temperature=0))[0][0]
     assert cold.token_ids == greedy.token_ids
 
@@ -282,7 +177,7 @@ def test_a_batch_longer_than_the_context_drops_shared_padding(model):
 def test_cancelled_rows_leave_the_batch_at_once(model):
     spy = Recording(model)
     config = GenerationConfig(max_new_tokens=8)
-    run = stream(spy, ByteTokenizer(byte_ids=0), [Request(PROMPTS[0], config), Request(PROMPTS[1], config)])
+    run = stream(spy, ByteTokenizer(byte_ids=0), [Request(TOKEN_PROMPTS[0], config), Request(TOKEN_PROMPTS[1], config)])
     seen = []
     for event in run:
         seen.append(event.index)
@@ -295,8 +190,8 @@ def test_cancelled_rows_leave_the_batch_at_once(model):
 
 def test_finished_rows_leave_the_batch(model):
     spy = Recording(model)
-    rows = collect(stream(spy, ByteTokenizer(), [Request(PROMPTS[0], GenerationConfig(max_new_tokens=2)),
-                                                  Request(PROMPTS[1], GenerationConfig(max_new_tokens=5))]))
+    rows = collect(stream(spy, ByteTokenizer(), [Request(TOKEN_PROMPTS[0], GenerationConfig(max_new_tokens=2)),
+                                                  Request(TOKEN_PROMPTS[1], GenerationConfig(max_new_tokens=5))]))
     assert [r["finishes"] for r in rows.values()] == [["length"], ["length"]]
     assert [s[0] for s in spy.shapes] == [1, 1, 2, 1, 1, 1]
 

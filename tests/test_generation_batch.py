@@ -1,13 +1,11 @@
 """The joinable batch: requests join a running batch, prefill in chunks beside it, and get their solo output."""
 import numpy as np
 import pytest
-from conftest import copy_model
+from conftest import VOCAB, ByteTokenizer, Recording, collect, copy_model, small_model, tiny_model
 
 from codegen.generation import Batch, GenerationConfig, generate
 from codegen.inference.fast import make_fast
 
-from test_fast import small_model
-from test_generation import VOCAB, ByteTokenizer, Recording, collect, tiny_model
 
 RNG = np.random.default_rng(5)
 SHORT = RNG.integers(0, VOCAB, 7).tolist()

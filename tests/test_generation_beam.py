@@ -3,10 +3,10 @@ from itertools import product
 
 import numpy as np
 import pytest
+from conftest import TOKEN_PROMPTS, ByteTokenizer, Recording, full_logits, log_softmax, tiny_model
 
 from codegen.generation import GenerationConfig, generate
 
-from test_generation import PROMPTS, ByteTokenizer, Recording, full_logits, log_softmax, tiny_model
 
 SMALL_VOCAB, EOS = 6, 5
 
@@ -81,8 +81,8 @@ def test_wide_beams_find_the_exhaustive_best(small_model, length_penalty, repeti
 
 def test_one_beam_is_greedy(model):
     tokenizer = ByteTokenizer()
-    greedy = generate(model, tokenizer, PROMPTS, GenerationConfig(max_new_tokens=10, logprobs=2))
-    beam = generate(model, tokenizer, PROMPTS, GenerationConfig(max_new_tokens=10, decode_strategy="beam_search",
+    greedy = generate(model, tokenizer, TOKEN_PROMPTS, GenerationConfig(max_new_tokens=10, logprobs=2))
+    beam = generate(model, tokenizer, TOKEN_PROMPTS, GenerationConfig(max_new_tokens=10, decode_strategy="beam_search",
                                                                 num_beams=1, logprobs=2))
     for (g,), (b,) in zip(greedy, beam):
         assert (b.token_ids, b.text, b.finish_reason) == (g.token_ids, g.text, g.finish_reason)
@@ -92,11 +92,11 @@ def test_one_beam_is_greedy(model):
 
 
 def test_one_beam_is_greedy_through_eos(model):
-    free = generate(model, ByteTokenizer(), [PROMPTS[1]], GenerationConfig(max_new_tokens=8))[0][0]
+    free = generate(model, ByteTokenizer(), [TOKEN_PROMPTS[1]], GenerationConfig(max_new_tokens=8))[0][0]
     at = next(i for i, t in enumerate(free.token_ids) if i >= 2 and t not in free.token_ids[:i])
     tokenizer = ByteTokenizer(eos_token_id=free.token_ids[at])
-    greedy = generate(model, tokenizer, [PROMPTS[1]], GenerationConfig(max_new_tokens=8))[0][0]
-    beam = generate(model, tokenizer, [PROMPTS[1]], GenerationConfig(
+    greedy = generate(model, tokenizer, [TOKEN_PROMPTS[1]], GenerationConfig(max_new_tokens=8))[0][0]
+    beam = generate(model, tokenizer, [TOKEN_PROMPTS[1]], GenerationConfig(
         max_new_tokens=8, decode_strategy="beam_search", num_beams=1, length_penalty=0.0))[0][0]
     assert (beam.token_ids, beam.finish_reason) == (greedy.token_ids, "stop") == (free.token_ids[:at], "stop")
     assert beam.score == pytest.approx(greedy.score, abs=1e-4)
@@ -105,8 +105,8 @@ def test_one_beam_is_greedy_through_eos(model):
 def test_batched_beams_match_each_prompt_alone(model):
     tokenizer = ByteTokenizer()
     config = GenerationConfig(max_new_tokens=6, decode_strategy="beam_search", num_beams=3, num_return_sequences=2)
-    together = generate(model, tokenizer, PROMPTS, config)
-    for prompt, seqs in zip(PROMPTS, together):
+    together = generate(model, tokenizer, TOKEN_PROMPTS, config)
+    for prompt, seqs in zip(TOKEN_PROMPTS, together):
         alone = generate(model, tokenizer, [prompt], config)[0]
         assert [s.token_ids for s in seqs] == [s.token_ids for s in alone]
         assert seqs[0].score >= seqs[1].score
@@ -114,7 +114,7 @@ def test_batched_beams_match_each_prompt_alone(model):
 
 def test_wider_beams_never_score_worse_here(model):
     tokenizer = ByteTokenizer()
-    scores = [generate(model, tokenizer, [PROMPTS[0]], GenerationConfig(
+    scores = [generate(model, tokenizer, [TOKEN_PROMPTS[0]], GenerationConfig(
         max_new_tokens=5, decode_strategy="beam_search", num_beams=n))[0][0].score for n in (1, 4)]
     assert scores[1] >= scores[0]
 

@@ -6,11 +6,11 @@ after it.
 """
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import paddle
 import pytest
+from conftest import REPO, ByteTokenizer
 
 from codegen.checkpoints import init_random_codegen, load_model
 from codegen.generation import GenerationConfig, Request, generate, stream
@@ -18,9 +18,7 @@ from codegen.generation.beam import _PromptSearch
 from codegen.generation.detokenize import IncrementalText
 from codegen.tokenizer import codegen_tokenizer, load_tokenizer
 
-from test_generation import ByteTokenizer
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

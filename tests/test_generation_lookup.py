@@ -11,7 +11,8 @@ import httpx
 import numpy as np
 import paddle
 import pytest
-from conftest import copy_model, needs_kernels, running_server
+from conftest import (CYCLE, CYCLE_PROMPT, LOOKUP_PROMPTS, VOCAB, ByteTokenizer, ScriptedModel, collect, copy_model,
+                      needs_kernels, plain, run, running_server, small_model, tiny_model)
 from scipy.stats import chisquare
 
 from codegen import Taskflow
@@ -22,14 +23,6 @@ from codegen.inference.fast import make_fast
 from codegen.predictor import Predictor
 from codegen.server.settings import Settings
 
-from test_fast import small_model
-from test_generation import VOCAB, ByteTokenizer, ScriptedModel, collect, tiny_model
-
-RNG = np.random.default_rng(11)
-BLOCK = RNG.integers(0, VOCAB, 10).tolist()
-# random text; the same block twice (as code being rewritten); a run of one token
-PROMPTS = [RNG.integers(0, VOCAB, 9).tolist(), BLOCK + RNG.integers(0, VOCAB, 5).tolist() + BLOCK[:3],
-           [7, 7, 7, 7, 7, 7], RNG.integers(0, VOCAB, 40).tolist()]
 
 # An editor's request to rewrite code it holds. The shipped model is too small to copy it back; the
 # drafts it accepts come from its own repetitions, which lookup finds in the text generated so far
@@ -48,20 +41,6 @@ EDITING_PROMPT = '''def moving_average(values, window):
 def moving_average(samples, window):
     """Return the averages of each run of `window` consecutive samples."""
 '''
-
-
-def run(model, prompt, config, tokenizer=None, **batch_options):
-    """(sequence, events, batch) of one prompt decoded in its own Batch."""
-    batch = Batch(model, tokenizer or ByteTokenizer(), **batch_options)
-    (row,) = batch.add(prompt, config)
-    events = []
-    while batch:
-        events += batch.step()
-    return row.sequence(), events, batch
-
-
-def plain(model, prompt, config, tokenizer=None):
-    return generate(model, tokenizer or ByteTokenizer(), [prompt], replace(config, prompt_lookup_num_tokens=0))[0][0]
 
 
 # -- drafting ---------------------------------------------------------------------------
@@ -136,7 +115,7 @@ def test_greedy_tokens_and_logprobs_equal_plain_greedy_while_drafts_are_accepted
     model = make_fast(copy_model(small_model(vocab_size=VOCAB, n_positions=128)), "fp32") if fast else tiny_model()
     config = GenerationConfig(max_new_tokens=40, logprobs=2, prompt_lookup_num_tokens=8)
     steps = tokens = accepted = 0
-    for prompt in PROMPTS:
+    for prompt in LOOKUP_PROMPTS:
         alone = plain(model, prompt, config)
         sequence, _, batch = run(model, prompt, config)
         assert sequence.token_ids == alone.token_ids
@@ -145,7 +124,7 @@ def test_greedy_tokens_and_logprobs_equal_plain_greedy_while_drafts_are_accepted
         assert [list(t) for t in sequence.top_logprobs] == [list(t) for t in alone.top_logprobs]
         steps, tokens, accepted = steps + batch.decode_steps, tokens + len(alone.token_ids), accepted + batch.accepted
     # random models repeat themselves, and the drafts catch it: fewer forward passes than tokens
-    assert accepted >= 10 and steps + accepted == tokens - len(PROMPTS)
+    assert accepted >= 10 and steps + accepted == tokens - len(LOOKUP_PROMPTS)
 
 
 @pytest.mark.parametrize("fast", [False, pytest.param(True, marks=needs_kernels)], ids=["plain", "fused"])
@@ -155,13 +134,13 @@ def test_rows_with_different_k_sharing_steps_and_joining_mid_batch_get_their_sol
     configs = [GenerationConfig(max_new_tokens=n, logprobs=1, prompt_lookup_num_tokens=k)
                for n, k in ((30, 0), (25, 8), (35, 3), (20, 5))]
     rows, events = [], []
-    for prompt, config in zip(PROMPTS, configs):
+    for prompt, config in zip(LOOKUP_PROMPTS, configs):
         rows += batch.add(prompt, config)
         events += batch.step() + batch.step()
     while batch:
         events += batch.step()
     got = collect(events)
-    for row, prompt, config in zip(rows, PROMPTS, configs):
+    for row, prompt, config in zip(rows, LOOKUP_PROMPTS, configs):
         alone = plain(model, prompt, config)
         assert got[row.index]["token_ids"] == alone.token_ids
         assert np.abs(np.array(got[row.index]["logprobs"]) - alone.token_logprobs).max() <= 1e-4
@@ -174,21 +153,17 @@ def test_a_row_stored_in_the_prompt_cache_after_lookup_holds_the_keys_of_its_own
     model = tiny_model()
     config = GenerationConfig(max_new_tokens=30, prompt_lookup_num_tokens=8)
     cache = PromptCache(4)
-    sequence, _, batch = run(model, PROMPTS[1], config, prompt_cache=cache)
+    sequence, _, batch = run(model, LOOKUP_PROMPTS[1], config, prompt_cache=cache)
     assert batch.drafted > batch.accepted > 0       # it rejected some drafts, whose positions it wrote
-    follow_up = PROMPTS[1] + sequence.token_ids + [3, 1, 4]
+    follow_up = LOOKUP_PROMPTS[1] + sequence.token_ids + [3, 1, 4]
     again, _, _ = run(model, follow_up, config, prompt_cache=cache)
-    assert cache.hits == 1 and cache.reused_tokens > len(PROMPTS[1])
+    assert cache.hits == 1 and cache.reused_tokens > len(LOOKUP_PROMPTS[1])
     assert again.token_ids == plain(model, follow_up, config).token_ids
 
 
 # -- several tokens at once: stops, EOS, length, the stream ------------------------------------
 
 # a -> b -> c -> d -> a: once the prompt holds the cycle, every draft is right
-CYCLE = {ord("a"): ord("b"), ord("b"): ord("c"), ord("c"): ord("d"), ord("d"): ord("a")}
-CYCLE_PROMPT = list(b"xabcdabc")
-
-
 def test_a_stop_string_inside_an_accepted_run_cuts_there():
     model = ScriptedModel(CYCLE, vocab=128)
     config = GenerationConfig(max_new_tokens=40, stop=["cdab"], prompt_lookup_num_tokens=8)
@@ -251,7 +226,7 @@ def test_eos_where_a_draft_was_expected_ends_the_row_as_plain_decoding_does():
 def test_streamed_deltas_of_accepted_runs_add_up_to_the_sequence_with_its_logprobs():
     model = tiny_model()
     config = GenerationConfig(max_new_tokens=40, logprobs=3, prompt_lookup_num_tokens=6)
-    for prompt in PROMPTS[1:3]:
+    for prompt in LOOKUP_PROMPTS[1:3]:
         sequence, events, batch = run(model, prompt, config)
         assert any(len(e.token_ids) > 1 for e in events)      # some deltas carry an accepted run
         (row,) = collect(events).values()

@@ -1,11 +1,11 @@
 """The prompt cache: reused prefixes give the same tokens and logprobs as a fresh prefill."""
 import numpy as np
 import pytest
+from conftest import ByteTokenizer, Recording, collect, tiny_model
 
 from codegen.generation import GenerationConfig, PromptCache, Request, generate, stream
 from codegen.generation.prompt_cache import _common_prefix
 
-from test_generation import ByteTokenizer, Recording, collect, tiny_model
 
 CONFIG = GenerationConfig(max_new_tokens=6, logprobs=2)
 PROMPT = np.random.default_rng(3).integers(0, 1000, 30).tolist()

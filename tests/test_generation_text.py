@@ -3,10 +3,10 @@
 A scripted model emits chosen byte pieces one token at a time, then EOS.
 """
 import pytest
+from conftest import ByteTokenizer, ScriptedModel
 
 from codegen.generation import GenerationConfig, Request, generate, stream
 
-from test_generation import ByteTokenizer, ScriptedModel
 
 
 def scripted(pieces):

@@ -9,10 +9,7 @@ from codegen import kernels
 from codegen.generation import GenerationConfig
 from codegen.inference.fast import make_fast
 
-from conftest import copy_model, needs_kernels
-from test_fast import small_model
-from test_generation import VOCAB
-from test_generation_lookup import PROMPTS, plain, run
+from conftest import LOOKUP_PROMPTS, VOCAB, copy_model, needs_kernels, plain, run, small_model
 
 
 @pytest.fixture
@@ -94,7 +91,7 @@ def test_int8_greedy_with_prompt_lookup_gives_plain_greedys_tokens_and_logprobs_
     model = int8_model(head="int8")
     config = GenerationConfig(max_new_tokens=40, logprobs=2, prompt_lookup_num_tokens=8)
     accepted = 0
-    for prompt in PROMPTS:
+    for prompt in LOOKUP_PROMPTS:
         alone = plain(model, prompt, config)
         sequence, _, batch = run(model, prompt, config)
         assert sequence.token_ids == alone.token_ids

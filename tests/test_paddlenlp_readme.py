@@ -20,14 +20,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_socket, health, make_tiny_codegen, wait_until
+from conftest import (OPENAI_0X_BODY, OPENAI_0X_HEADERS, OPENAI_0X_PATH, REPO, assert_paddlenlp_readme_response,
+                      free_socket, health, make_tiny_codegen, wait_until)
 
 from codegen import Taskflow
 from codegen.checkpoints import PACKAGED_MODELS, codegen_home
 from codegen.predictor import DEFAULT_MODEL
-from test_server import OPENAI_0X_BODY, OPENAI_0X_HEADERS, OPENAI_0X_PATH, assert_paddlenlp_readme_response
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def home_with(tmp_path: Path, name: str, model_dir: Path) -> Path:

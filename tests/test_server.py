@@ -19,14 +19,14 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from conftest import (READY_TIMEOUT, SERVER_CONTEXT, free_socket, gated_server, health, parse_settings,
+from conftest import (OPENAI_0X_BODY, OPENAI_0X_HEADERS, OPENAI_0X_PATH, READY_TIMEOUT, REPO, SERVER_CONTEXT,
+                      assert_paddlenlp_readme_response, free_socket, gated_server, health, parse_settings,
                       running_server, sse_payloads, wait_idle, wait_until)
 
 from codegen.server.app import DROPPED_HEADER, MAX_TOKENS_HEADER, load_predictor
 from codegen.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FIM_TOKENS
 from codegen.server.settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
 
 COPILOT_BODY = {"prompt": "# hello world\ndef hello():\n", "suffix": "", "max_tokens": 500, "temperature": 0,
                 "top_p": 1, "n": 1, "stop": ["\n"], "nwo": "o/r", "stream": True,
@@ -545,32 +545,6 @@ def test_use_faster_and_use_fp16_decoding_pick_the_weights(server_model_dir):
     assert isinstance(fast.model, FastCodeGenForCausalLM)
     fp16 = load_predictor(Settings(model=str(server_model_dir), use_faster=False))
     assert "float16" in str(fp16.model.transformer.h[0].mlp.fc_in.weight.dtype).lower()
-
-
-# What openai 0.28.1 sends for the PaddleNLP README's client: `openai.api_base = 'http://127.0.0.1:8978'`
-# (no /v1) then `openai.Completion.create(engine='codegen', prompt='def hello', max_tokens=16,
-# temperature=0.1)`: read from its api_requestor (`requests` adds the Accept* and Connection headers)
-OPENAI_0X_PATH = "/engines/codegen/completions"
-OPENAI_0X_HEADERS = {"Content-Type": "application/json", "User-Agent": "OpenAI/v1 PythonBindings/0.28.1",
-                     "X-OpenAI-Client-User-Agent": json.dumps({
-                         "bindings_version": "0.28.1", "httplib": "requests", "lang": "python",
-                         "lang_version": "3.11.7", "platform": "Linux-x86_64", "publisher": "openai",
-                         "uname": "Linux"}),
-                     "Authorization": "Bearer dummy", "Accept": "*/*", "Accept-Encoding": "gzip, deflate",
-                     "Connection": "keep-alive"}
-OPENAI_0X_BODY = json.dumps({"prompt": "def hello", "max_tokens": 16, "temperature": 0.1}).encode()
-
-
-def assert_paddlenlp_readme_response(response: httpx.Response):
-    """The fields the README's printed result shows."""
-    assert response.status_code == 200, response.text
-    result = response.json()
-    assert result["id"].startswith("cmpl-") and result["object"] == "text_completion"
-    [choice] = result["choices"]
-    assert isinstance(choice["text"], str) and choice["index"] == 0 and choice["logprobs"] is None
-    assert choice["finish_reason"] in ("stop", "length")
-    assert 1 <= result["usage"]["completion_tokens"] <= 16
-    return result
 
 
 def test_openai_0x_request_of_the_paddlenlp_readme_is_served(server):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 from safetensors.numpy import load_file
 
-REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "data"
 
 

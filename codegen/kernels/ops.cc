@@ -352,6 +352,19 @@ void axpy(float p, const float* v, float* out, int64_t n) {
   for (int64_t i = n_vec; i < n; ++i) out[i] += p * v[i];
 }
 
+float max_of(const float* x, int64_t n) {
+  using namespace simd;
+  const int64_t n_vec = n - n % kLanes;
+  float m = -INFINITY;
+  if (n_vec) {
+    vf v = load(x);
+    for (int64_t i = kLanes; i < n_vec; i += kLanes) v = max(v, load(x + i));
+    m = hmax(v);
+  }
+  for (int64_t i = n_vec; i < n; ++i) m = std::max(m, x[i]);
+  return m;
+}
+
 // exp(x - max) in place; returns the sum
 float softmax_numerators(float* x, int64_t n, float max) {
   using namespace simd;
@@ -417,15 +430,20 @@ void attend_head(const LayerShape& s, int64_t b, int64_t h, const float* qkv, co
     std::memcpy(values + (s.past + i) * d, row + v_off, d * sizeof(float));
   }
   const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d));
+  // this row's mask where it masks anything (generation passes one for every batch)
+  const int64_t* row_mask = mask ? mask + b * total : nullptr;
+  const int64_t* padding =
+      row_mask && std::find(row_mask, row_mask + total, 0) != row_mask + total ? row_mask : nullptr;
   for (int64_t i = 0; i < s.seq; ++i) {
     const int64_t last = s.past + i;  // causal: keys 0..last
     float* o = out + (b * s.seq + i) * e + h * d;
     std::memset(o, 0, d * sizeof(float));
-    float max = -INFINITY;
-    int64_t seen = 0;
     key_scores(queries + i * d, keys, last + 1, d, inv_sqrt_d, scores);
-    for (int64_t t = 0; t <= last; ++t) {
-      if (mask && !mask[b * total + t]) {
+    // a row without padding counts every key: a vector max (the same value, in any order)
+    float max = padding ? -INFINITY : max_of(scores, last + 1);
+    int64_t seen = padding ? 0 : last + 1;
+    for (int64_t t = 0; padding && t <= last; ++t) {
+      if (!padding[t]) {
         scores[t] = -INFINITY;
         continue;
       }

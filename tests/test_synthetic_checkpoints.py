@@ -64,7 +64,6 @@ def test_a_missing_shard_is_named(tmp_path):
 
 
 def test_codegeex_pt_has_the_layout_of_thudms_and_converts(tmp_path):
-    from codegen.checkpoints import convert
     from codegen.models.codegeex import CodeGeeXConfig
     from codegen.torch_pickle import load_torch_file, named_tensors
     pt = synthetic.write_codegeex_pt(tmp_path / "codegeex.pt", CodeGeeXConfig(**TINY_CODEGEEX))

@@ -495,15 +495,17 @@ void attend_head_blocked(const LayerShape& s, int64_t b, int64_t h, const float*
   float* keys = key_cache + (b * s.heads + h) * s.cache_len * d;
   float* values = value_cache + (b * s.heads + h) * s.cache_len * d;
   const int64_t block = std::min(kQueryBlock, n);
-  // the bf16 copies of the keys [total][d] and transposed values [d][total] (whole floats)
-  const int64_t bf16_floats = bf16 ? (total * d + 1) / 2 * 2 : 0;
+  // the bf16 copies of the keys [total][ld_keys] and transposed values [d][ld_values]: bf16
+  // rows are padded to whole 4-byte pairs, which an odd number of keys would overrun
+  const int64_t ld_keys = kern::round_up(d, 2), ld_values = kern::round_up(total, 2);
+  const int64_t bf16_floats = bf16 ? (total * ld_keys + d * ld_values) / 2 : 0;
   scratch.resize(n * d + block * total + d * total + kern::kPanelScratchFloats + bf16_floats);
   float* queries = scratch.data();
   float* scores = queries + n * d;
   float* values_t = scores + block * total;
   float* panel = values_t + d * total;
   auto* keys_bf16 = reinterpret_cast<uint16_t*>(panel + kern::kPanelScratchFloats);
-  uint16_t* values_t_bf16 = keys_bf16 + total * d;
+  uint16_t* values_t_bf16 = keys_bf16 + total * ld_keys;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t m = b * n + i;
     const float* row = qkv + m * 3 * e;
@@ -519,14 +521,15 @@ void attend_head_blocked(const LayerShape& s, int64_t b, int64_t h, const float*
     for (int64_t c = 0; c < d; ++c)
       for (int64_t t = t0; t < std::min(total, t0 + 16); ++t) values_t[c * total + t] = values[t * d + c];
   if (bf16) {
-    round_rows_bf16(keys, total, d, d, keys_bf16, d);
-    round_rows_bf16(values_t, d, total, total, values_t_bf16, total);
+    round_rows_bf16(keys, total, d, d, keys_bf16, ld_keys);
+    round_rows_bf16(values_t, d, total, total, values_t_bf16, ld_values);
   }
   const WeightFormat format = bf16 ? WeightFormat::kBFloat16 : WeightFormat::kFloat32;
   const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d));
   for (int64_t i0 = 0; i0 < n; i0 += block) {
     const int64_t rows = std::min(block, n - i0), visible = s.past + i0 + rows;
-    const kern::WeightMatrix key_rows{bf16 ? static_cast<const void*>(keys_bf16) : keys, format, nullptr, visible, d};
+    const kern::WeightMatrix key_rows{bf16 ? static_cast<const void*>(keys_bf16) : keys, format, nullptr, visible, d,
+                                      bf16 ? ld_keys : d};
     if (bf16) {
       kern::GemmInput in(queries + i0 * d, rows, d, {&key_rows});
       for (int64_t i = 0; i < rows; ++i) in.prepare_row(i);
@@ -551,7 +554,7 @@ void attend_head_blocked(const LayerShape& s, int64_t b, int64_t h, const float*
       for (int64_t t = 0; t <= last; ++t) row[t] *= inv;
     }
     const kern::WeightMatrix value_columns{bf16 ? static_cast<const void*>(values_t_bf16) : values_t, format, nullptr,
-                                           d, visible, total};
+                                           d, visible, bf16 ? ld_values : total};
     float* o = out + (b * n + i0) * e + h * d;
     if (bf16) {
       kern::GemmInput in(scores, rows, visible, {&value_columns});

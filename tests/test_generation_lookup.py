@@ -211,6 +211,16 @@ def test_a_row_drafts_fewer_tokens_while_they_are_rejected_and_k_again_once_they
     assert batch.accepted == 3 + 5 + 6 + 6 + 1
 
 
+def test_a_k_above_what_one_exact_pass_verifies_drafts_at_most_that_many():
+    model = WidthRecorder(CYCLE, vocab=128, n_positions=128)
+    config = GenerationConfig(max_new_tokens=60, prompt_lookup_num_tokens=40)
+    sequence, _, _ = run(model, CYCLE_PROMPT, config)
+    expected = plain(ScriptedModel(CYCLE, vocab=128, n_positions=128), CYCLE_PROMPT, config)
+    assert sequence.token_ids == expected.token_ids
+    # the prefill, then the row's next token and 15 drafts a pass (all right: the model cycles)
+    assert model.widths[1:4] == [16, 16, 16] and max(model.widths[1:]) == 16
+
+
 def test_eos_where_a_draft_was_expected_ends_the_row_as_plain_decoding_does():
     eos = ord("!")
     model = ScriptedModel({**CYCLE, ord("d"): eos}, vocab=128)

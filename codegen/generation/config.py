@@ -18,8 +18,8 @@ class GenerationConfig:
     `early_stopping` (beam search) ends a prompt as soon as `num_beams`
     hypotheses are finished instead of when no running beam can beat them.
     `prompt_lookup_num_tokens` K > 0 (transformers' name; 0 is off) drafts up to
-    K tokens per step by prompt lookup (fewer while the model rejects them) and
-    verifies them in one forward pass:
+    K tokens per step by prompt lookup (fewer while the model rejects them; at most
+    15, what one exact pass verifies) and verifies them in one forward pass:
     greedy output is unchanged, sampling still follows the model's distribution.
     """
     max_new_tokens: int = 128

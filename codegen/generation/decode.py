@@ -38,7 +38,7 @@ from .beam import beam_search
 from .config import GenerationConfig
 from .detokenize import IncrementalText
 from .outputs import Sequence, StreamEvent
-from .lookup import Lookup
+from .lookup import MAX_DRAFT_TOKENS, Lookup
 from .processors import apply_repetition_penalty, log_softmax, sample_given_draft, sample_token, top_alternatives
 from .prompt_cache import PromptCache
 
@@ -83,7 +83,7 @@ class _Row:
         self.seen: np.ndarray | None = None    # tokens so far, for the repetition penalty
         self.fed = 0            # generated tokens in the cache: all but the last, or fewer after lookup
         k = config.prompt_lookup_num_tokens
-        self.lookup = Lookup(prompt, k) if k else None
+        self.lookup = Lookup(prompt, min(k, MAX_DRAFT_TOKENS)) if k else None
 
     @property
     def steps_left(self) -> int:

@@ -13,6 +13,11 @@ model keeps rejecting them (each drafted position makes the step longer).
 """
 from __future__ import annotations
 
+# Most drafts verified in one pass: the fused CPU step gives a pass of up to 16 positions (the
+# row's next token and its drafts) each token's one-token logits bit for bit, so greedy output
+# cannot change; a larger K drafts this many.
+MAX_DRAFT_TOKENS = 15
+
 # Longest n-gram matched. 3 tokens rarely match by chance in code; shorter tails are tried when
 # it finds nothing, down to a single token, which still drafts well inside copied text.
 MAX_NGRAM = 3

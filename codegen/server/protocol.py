@@ -22,8 +22,8 @@ from itertools import accumulate
 
 MAX_LOGPROBS = 5      # OpenAI's limit on `logprobs`
 MAX_STOP = 16         # OpenAI allows 4; editors sometimes send a few more
-# Drafts a request may ask for per step: each costs a position in the verifying forward pass, and
-# the fused CPU step reads the weights once only for up to 16 positions in all
+# Drafts a request may ask for per step: what one exact verifying pass takes (the decode loop's
+# MAX_DRAFT_TOKENS, codegen/generation/lookup.py; not imported: parsing requests needs no Paddle)
 MAX_PROMPT_LOOKUP = 15
 MAX_NESTING = 64      # a Completions body nests 3 deep; deeper is refused before parsing
 

@@ -350,6 +350,25 @@ def test_fp32_fast_logits_match_the_plain_model_with_padding_and_cache():
     np.testing.assert_allclose(fast_cache.keys[1].numpy(), plain_cache.keys[1].numpy(), atol=1e-5)
 
 
+@needs_kernels
+def test_decode_attention_with_scores_far_from_zero_matches_the_plain_model():
+    """Sharpened attention (queries and keys x 20): a softmax shifted by anything but the largest
+    visible score overflows. Rows without padding take their maximum in vectors, whole and tail."""
+    plain = small_model()
+    with paddle.no_grad():
+        for block in plain.transformer.h:
+            block.attn.qkv_proj.weight.set_value(block.attn.qkv_proj.weight * 20)
+    fast = make_fast(copy_model(plain), "fp32")
+    ids = paddle.to_tensor([np.arange(24) * 37 % 500 + 3], dtype="int64")
+    plain_cache, fast_cache = plain.new_cache(1, 24), fast.new_cache(1, 24)
+    with paddle.no_grad():
+        for start, end in [(0, 17)] + [(n, n + 1) for n in range(17, 24)]:
+            a = plain(ids[:, start:end], None, plain_cache)
+            b = fast(ids[:, start:end], None, fast_cache)
+            assert np.isfinite(b.numpy()).all()
+            np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-3, atol=1e-3)
+
+
 def greedy(model, ids, mask, new_tokens):
     cache = model.new_cache(ids.shape[0], ids.shape[1] + new_tokens)
     out = []

@@ -83,15 +83,12 @@ class Kernels:
         bf16 = "bf16-amx" if bits & 8 else "bf16" if bits & 2 else "fp32"
         return {"int8": int8, "bf16": bf16, "fp16": bf16, "fp32": "fp32"}
 
-    def use_reduced_precision_prefill(self, enabled: bool, amx: bool = True, amx_int8: bool | None = None) -> None:
+    def use_reduced_precision_prefill(self, enabled: bool, amx: bool = True, amx_int8: bool = True) -> None:
         """Turn the int8 and bf16 prefill GEMMs off (every format then takes the fp32 one) or back
         on where the CPU has them; with `amx` False, on without AMX (the AVX-512 kernels); with
         `amx_int8` False, without AMX for int8 only (the bf16 GEMMs, prompt attention's among them,
         keep their tiles). Process-wide; meant for comparisons."""
-        if not enabled:
-            self._c.codegen_prefill_kernels(0)
-        else:
-            self._c.codegen_prefill_kernels(1 if amx and amx_int8 is not False else 2 if not amx else 3)
+        self._c.codegen_prefill_kernels(0 if not enabled else 2 if not amx else 1 if amx_int8 else 3)
 
     def amx_matvec_min_rows(self) -> int:
         """The fewest activation rows (of up to 16: decoding, verifying drafts) for which int8

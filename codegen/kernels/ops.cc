@@ -407,8 +407,21 @@ float scale_scores(float* x, int64_t n, float scale, const int64_t* mask) {
 // One (sequence, head): rotate the new queries/keys, append keys/values to the
 // cache, attend. `qkv` rows follow the checkpoints' fused layout: mp_num shards
 // of [query | value | key], each holding heads/mp_num heads.
+// Per batch row, its mask where it masks something, else null: every key counts, and the row's
+// attention takes a vector max. Generation passes a mask with every batch; a layer looks once,
+// not each head.
+std::vector<const int64_t*> padded_rows(const int64_t* mask, int64_t batch, int64_t total) {
+  std::vector<const int64_t*> rows(batch, nullptr);
+  for (int64_t b = 0; mask && b < batch; ++b) {
+    const int64_t* row = mask + b * total;
+    if (std::find(row, row + total, 0) != row + total) rows[b] = row;
+  }
+  return rows;
+}
+
+// `padding`: row b's mask, or null where it masks nothing (padded_rows)
 void attend_head(const LayerShape& s, int64_t b, int64_t h, const float* qkv, const int64_t* positions,
-                 const int64_t* mask, const float* sin_table, const float* cos_table, float* key_cache,
+                 const int64_t* padding, const float* sin_table, const float* cos_table, float* key_cache,
                  float* value_cache, float* out, std::vector<float>& scratch) {
   const int64_t d = s.head_dim, e = s.width, half = s.rotary_dim / 2, total = s.total();
   const int64_t local = s.heads / s.mp_num, shard = h / local, j = h % local;
@@ -430,10 +443,6 @@ void attend_head(const LayerShape& s, int64_t b, int64_t h, const float* qkv, co
     std::memcpy(values + (s.past + i) * d, row + v_off, d * sizeof(float));
   }
   const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d));
-  // this row's mask where it masks anything (generation passes one for every batch)
-  const int64_t* row_mask = mask ? mask + b * total : nullptr;
-  const int64_t* padding =
-      row_mask && std::find(row_mask, row_mask + total, 0) != row_mask + total ? row_mask : nullptr;
   for (int64_t i = 0; i < s.seq; ++i) {
     const int64_t last = s.past + i;  // causal: keys 0..last
     float* o = out + (b * s.seq + i) * e + h * d;
@@ -631,6 +640,7 @@ void gelu_row(float* p, const float* bias, int64_t n) {
 void decode_layer(const LayerArgs& a) {
   const LayerShape& s = a.s;
   const int64_t tokens = s.tokens();
+  const std::vector<const int64_t*> padding = padded_rows(a.mask, s.batch, s.total());
 #pragma omp parallel
   {
     // every thread normalises the few rows and rounds them for int8 weights itself: a few
@@ -661,8 +671,8 @@ void decode_layer(const LayerArgs& a) {
     for (int64_t m = 0; m < tokens; ++m) gelu_row<TanhGelu>(a.inner + m * s.inner, a.in_bias, s.inner);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t bh = 0; bh < s.batch * s.heads; ++bh)
-      attend_head(s, bh / s.heads, bh % s.heads, a.qkv, a.positions, a.mask, a.sin, a.cos, a.key_cache,
-                  a.value_cache, a.attn, scratch);
+      attend_head(s, bh / s.heads, bh % s.heads, a.qkv, a.positions, padding[bh / s.heads], a.sin, a.cos,
+                  a.key_cache, a.value_cache, a.attn, scratch);
 
     // attention output and the MLP output land on the same residual rows, which the
     // chunk that computed them finishes
@@ -924,6 +934,7 @@ void sigmoid_gelu_columns(float* inner, int64_t width, int64_t tokens, const flo
 void codegeex_decode_layer(const GeexArgs& a) {
   const LayerShape& s = a.s;
   const int64_t tokens = s.tokens(), e = s.embd;
+  const std::vector<const int64_t*> padding = padded_rows(a.mask, s.batch, s.total());
 #pragma omp parallel
   {
     // every thread normalises the few rows itself, as in decode_layer
@@ -946,8 +957,8 @@ void codegeex_decode_layer(const GeexArgs& a) {
     }
 #pragma omp for schedule(dynamic, 1)
     for (int64_t bh = 0; bh < s.batch * s.heads; ++bh)
-      attend_head(s, bh / s.heads, bh % s.heads, a.qkv, a.positions, a.mask, nullptr, nullptr, a.key_cache,
-                  a.value_cache, a.attn, scratch);
+      attend_head(s, bh / s.heads, bh % s.heads, a.qkv, a.positions, padding[bh / s.heads], nullptr, nullptr,
+                  a.key_cache, a.value_cache, a.attn, scratch);
 
     kern::MatvecInput attn_in(a.attn, tokens, e);
     attn_in.prepare(a.dense_w);

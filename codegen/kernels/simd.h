@@ -83,7 +83,6 @@ inline vf load_int8(const int8_t* p) {
 constexpr int kI16Lanes = 32;
 using vi = __m512i;
 inline vi zero_i() { return _mm512_setzero_si512(); }
-inline vi add_i(vi a, vi b) { return _mm512_add_epi32(a, b); }
 inline vi load_i16(const int16_t* p) { return _mm512_loadu_si512(p); }
 inline vi load_int8_as_i16(const int8_t* p) {
   return _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
@@ -162,7 +161,6 @@ inline vf load_int8(const int8_t* p) {
 constexpr int kI16Lanes = 16;
 using vi = __m256i;
 inline vi zero_i() { return _mm256_setzero_si256(); }
-inline vi add_i(vi a, vi b) { return _mm256_add_epi32(a, b); }
 inline vi load_i16(const int16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 inline vi load_int8_as_i16(const int8_t* p) {
   return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
